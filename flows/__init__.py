@@ -1,0 +1,1 @@
+"""Prefect flows composing the steps in `tasks/`, and the CLI over them."""

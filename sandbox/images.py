@@ -1,0 +1,229 @@
+"""Build the stand-in images under their real Docker Hub names and publish them to the mirror.
+
+No image can be downloaded here, so every image a runnable release's compose files name is
+built locally: service stand-ins on a busybox rootfs, the mongo stand-in on a Debian trixie
+rootfs (Python 3.13 for the MongoDB-wire server). Each built image carries a label with the
+hash of its inputs; an image whose label matches is reused (the build cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+
+from sandbox.engine import REGISTRY_PORT
+from sandbox.home import STANDINS
+from sandbox.processes import SandboxError
+from sandbox.releases import BROKEN_VERSION, MENDER_SERVICES, RUNNABLE_VERSIONS, Release
+
+INPUTS_LABEL = "org.mender-upgrade.standin-inputs"
+BUSYBOX_BASE = "mender-upgrade-standin/busybox"
+PYTHON_BASE = "mender-upgrade-standin/python313"
+MONGO_VERSIONS = {"mongo:4.4": "4.4.29", "mongo:5.0": "5.0.26"}
+HEALTH_PATHS = {"mender-deployments": "deployments", "mender-device-auth": "devauth",
+                "mender-inventory": "inventory", "mender-useradm": "useradm",
+                "mender-workflows-server": "workflows"}
+
+
+def _digest(*parts: bytes | str | Path) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            for f in sorted(p for p in part.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                h.update(f.relative_to(part).as_posix().encode())
+                h.update(f.read_bytes())
+        else:
+            h.update(part.encode() if isinstance(part, str) else part)
+    return h.hexdigest()[:16]
+
+
+def _current(client: docker.DockerClient, name: str, inputs: str) -> bool:
+    try:
+        return client.images.get(name).labels.get(INPUTS_LABEL) == inputs
+    except ImageNotFound:
+        return False
+
+
+def _import_rootfs(client: docker.DockerClient, tar_bytes: bytes | Path, name: str, inputs: str) -> None:
+    # `docker import` accepts a rootfs tar and Dockerfile-like changes; no registry involved.
+    src = str(tar_bytes) if isinstance(tar_bytes, Path) else "-"
+    subprocess.run(["docker", "import", "--change", f"LABEL {INPUTS_LABEL}={inputs}", src, name],
+                   input=None if isinstance(tar_bytes, Path) else tar_bytes, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _build(client: docker.DockerClient, name: str, dockerfile: str, inputs: str,
+           context: Path | None = None) -> None:
+    dockerfile += f"\nLABEL {INPUTS_LABEL}={inputs}\n"
+    if context is None:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=name, rm=True, pull=False)
+        return
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(context, arcname=".")
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile.encode())
+        tar.addfile(info, io.BytesIO(dockerfile.encode()))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=name, rm=True, pull=False)
+
+
+def busybox_rootfs() -> bytes:
+    """A tar of the static busybox with its applet links plus the service stand-in scripts."""
+    busybox = Path(shutil.which("busybox") or "/bin/busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ["bin", "tmp", "www", "etc", "standin", "export", "data"]:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet != "busybox":
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+        for name, text in {"etc/passwd": "root:x:0:0:root:/:/bin/sh\n", "etc/group": "root:x:0:\n"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text.encode()))
+        for script in (STANDINS / "service").iterdir():
+            if script.name != "README.md":
+                tar.add(script, arcname=f"standin/{script.name}")
+    return buf.getvalue()
+
+
+def _service_dockerfile(service: str, version: str, broken: bool) -> str:
+    health = HEALTH_PATHS.get(service)
+    env = {"STANDIN_SERVICE": service, "MENDER_VERSION": version}
+    if service in MENDER_SERVICES or service == "mender-api-gateway":
+        env["STANDIN_NEEDS_MONGO"] = "1"
+    if broken:
+        env["STANDIN_BROKEN"] = "1"
+    lines = [f"FROM {BUSYBOX_BASE}",
+             "ENV " + " ".join(f'{k}="{v}"' for k, v in env.items()),
+             "HEALTHCHECK --interval=2s --timeout=3s --start-period=60s --retries=3 CMD [\"/standin/healthcheck\"]",
+             'ENTRYPOINT ["/standin/service"]']
+    if health:
+        lines.append(f"LABEL mender.healthcheck.path=/api/internal/v1/{health}/health")
+    return "\n".join(lines)
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt is configured with (this machine reaches no other)."""
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        if f.is_file():
+            m = re.search(r"(?:^URIs:\s*|^deb\s+(?:\[[^\]]*\]\s+)?)(\S+/debian)\s*$", f.read_text(), re.M)
+            if m:
+                return m.group(1)
+    raise SandboxError("no Debian mirror found in /etc/apt/sources.list*; cannot build the mongo stand-in")
+
+
+def _python_base(client: docker.DockerClient, log) -> None:
+    requirements = STANDINS / "mongo" / "requirements.txt"
+    inputs = _digest("trixie-minbase-python3", requirements.read_bytes())
+    if _current(client, PYTHON_BASE, inputs):
+        return
+    log("building the Python 3.13 base of the mongo stand-in (debootstrap trixie, ~1 min)")
+    with tempfile.TemporaryDirectory(prefix="standin-rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,ca-certificates",
+                        "trixie", str(root), debian_mirror()], check=True, capture_output=True)
+        python313 = _python313()
+        subprocess.run([python313, "-m", "pip", "install", "-q", "--no-compile", "--target",
+                        str(root / "opt/standin/lib"), "-r", str(requirements)], check=True)
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        tar = Path(tmp) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
+        _import_rootfs(client, tar, PYTHON_BASE, inputs)
+
+
+def _python313() -> str:
+    for candidate in [shutil.which("python3.13"), str(Path.home() / ".pyenv/versions/3.13.0/bin/python3.13")]:
+        if candidate and Path(candidate).exists():
+            return candidate
+    out = subprocess.run(["pyenv", "prefix", "3.13.0"], capture_output=True, text=True)
+    if out.returncode == 0:
+        return str(Path(out.stdout.strip()) / "bin" / "python3")
+    raise SandboxError("Python 3.13 is needed to install the mongo stand-in's packages (mongoeco needs >= 3.13)")
+
+
+def _mongo_dockerfile(version: str) -> str:
+    return "\n".join([
+        f"FROM {PYTHON_BASE}",
+        "COPY mongo_standin_server.py /opt/standin/",
+        "COPY mongodump mongorestore /usr/local/bin/",
+        f'ENV PYTHONPATH=/opt/standin/lib MONGO_VERSION="{version}" PYTHONUNBUFFERED=1',
+        "VOLUME /data/db",
+        "EXPOSE 27017",
+        "HEALTHCHECK --interval=2s --timeout=5s --start-period=30s --retries=5 "
+        "CMD [\"python3\", \"-c\", \"import socket; socket.create_connection(('127.0.0.1', 27017), 2)\"]",
+        'ENTRYPOINT ["python3", "/opt/standin/mongo_standin_server.py"]',
+    ])
+
+
+def build_images(client: docker.DockerClient, log=print, versions: list[str] | None = None) -> list[str]:
+    """Build (or reuse) every stand-in image; returns the image names."""
+    names: list[str] = []
+    service_inputs = _digest(STANDINS / "service")
+    if not _current(client, BUSYBOX_BASE, service_inputs):
+        log("importing the busybox base of the service stand-ins")
+        _import_rootfs(client, busybox_rootfs(), BUSYBOX_BASE, service_inputs)
+    wanted: dict[str, tuple[str, str, bool]] = {}
+    for version in [*(versions or RUNNABLE_VERSIONS), BROKEN_VERSION]:
+        for service, image in Release(version).images().items():
+            if service != "mender-mongo":
+                broken = version == BROKEN_VERSION and service == "mender-deployments"
+                wanted.setdefault(image, (service, version, broken))
+    for image, (service, version, broken) in sorted(wanted.items()):
+        dockerfile = _service_dockerfile(service, version, broken)
+        inputs = _digest(service_inputs, dockerfile)
+        if not _current(client, image, inputs):
+            log(f"building stand-in {image}")
+            _build(client, image, dockerfile, inputs)
+        names.append(image)
+    _python_base(client, log)
+    mongo_inputs = _digest(STANDINS / "mongo")
+    for image, version in MONGO_VERSIONS.items():
+        dockerfile = _mongo_dockerfile(version)
+        inputs = _digest(mongo_inputs, dockerfile, client.images.get(PYTHON_BASE).id)
+        if not _current(client, image, inputs):
+            log(f"building stand-in {image}")
+            _build(client, image, dockerfile, inputs, context=STANDINS / "mongo")
+        names.append(image)
+    return names
+
+
+def mirror_name(image: str) -> str:
+    """`mongo:4.4` -> `127.0.0.1:5000/library/mongo:4.4`: where the Docker Hub mirror looks."""
+    repo = image if "/" in image.split(":")[0] else f"library/{image}"
+    return f"127.0.0.1:{REGISTRY_PORT}/{repo}"
+
+
+def publish_to_mirror(client: docker.DockerClient, images: list[str], log=print) -> None:
+    """Push each image under its Docker Hub path to the local registry (the dockerd mirror)."""
+    for image in images:
+        target = mirror_name(image)
+        client.images.get(image).tag(target)
+        for line in client.images.push(target, stream=True, decode=True):
+            if "error" in line:
+                raise SandboxError(f"pushing {target} failed: {line['error']}")
+        client.images.remove(target, noprune=True)
+    log(f"published {len(images)} images to the registry mirror")
+
+
+def registry_catalog() -> list[str]:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{REGISTRY_PORT}/v2/_catalog?n=1000", timeout=5) as r:
+        return json.load(r)["repositories"]

@@ -1,0 +1,160 @@
+"""`sandbox up | down | status`: the whole throw-away Mender installation, start to end."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import NotFound
+from pymongo import MongoClient
+
+from sandbox import images
+from sandbox.engine import ensure_engine
+from sandbox.home import SandboxHome
+from sandbox.integration_fixture import create_operator_clone, create_upstream
+from sandbox.processes import SandboxError
+from sandbox.registry import registry_answers, start_registry, stop_registry
+from sandbox.releases import Release
+from sandbox.s3 import S3Endpoint, start_s3, stop_s3
+from sandbox.seed import SeedSummary, seed_artifacts, seed_mongo
+from tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
+
+SANDBOX_LABEL = "org.mender-upgrade.sandbox"
+EXTERNAL_VOLUMES = ["mender-artifacts", "mender-db"]
+
+
+@dataclass
+class Sandbox:
+    home: SandboxHome
+    client: docker.DockerClient
+    s3: S3Endpoint
+    upstream: Path
+    integration: Path
+    version: str
+
+    def mongo_url(self) -> str:
+        return f"mongodb://{mongo_address(self.client)}:27017/"
+
+    def mongo(self) -> MongoClient:
+        return MongoClient(self.mongo_url(), serverSelectionTimeoutMS=10000)
+
+
+def mongo_address(client: docker.DockerClient, project: str = PROJECT) -> str:
+    """The mender-mongo container's address on the compose network (reachable from the host)."""
+    state = project_states(client, project).get("mender-mongo")
+    if state is None:
+        raise SandboxError("no mender-mongo container is running")
+    networks = client.containers.get(state.container_id).attrs["NetworkSettings"]["Networks"]
+    return next(iter(networks.values()))["IPAddress"]
+
+
+def _refuse_foreign_stack(client: docker.DockerClient) -> None:
+    # The sandbox owns the fixed project name and the unprefixed external volumes: never adopt
+    # (and later delete) ones it did not create.
+    for name in EXTERNAL_VOLUMES:
+        try:
+            vol = client.volumes.get(name)
+        except NotFound:
+            continue
+        if SANDBOX_LABEL not in (vol.attrs.get("Labels") or {}):
+            raise SandboxError(f"volume {name!r} exists and was not created by the sandbox; "
+                               "refusing to touch a real installation's data")
+
+
+def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
+       stability_window: float = 3) -> Sandbox:
+    """Bring the sandbox up with the old stack at `version` running, healthy and seeded."""
+    if version not in images.RUNNABLE_VERSIONS:
+        raise SandboxError(f"version {version!r} has no stand-in images; choose one of {images.RUNNABLE_VERSIONS}")
+    home = home or SandboxHome.default()
+    home.logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    client = ensure_engine(home)
+    _refuse_foreign_stack(client)
+    if project_states(client):
+        log("a sandbox stack is already running: taking it down first")
+        down(home, log=log, keep_servers=True)
+    start_registry(home)
+    s3 = start_s3(home)
+    names = images.build_images(client, log=log)
+    images.publish_to_mirror(client, names, log=log)
+    upstream = create_upstream(home.run / "upstream" / "integration.git")
+    integration = create_operator_clone(upstream, home.run / "operator" / "integration", version)
+    for name in EXTERNAL_VOLUMES:
+        client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
+    home.write_state(version=version, upstream=str(upstream), integration=str(integration))
+    log(f"starting Mender {version} with the clone's own ./run up -d")
+    run_compose(integration, ["up", "-d"])
+    services = compose_services(integration)
+    wait_until_healthy(client, services, timeout=180, stability_window=stability_window)
+    sandbox = Sandbox(home, client, s3, upstream, integration, version)
+    summary = seed(sandbox)
+    home.write_state(seeded_old_clients=summary.inventory_old_clients)
+    log(f"sandbox up: Mender {version}, {len(services)} services healthy, in {time.monotonic() - t0:.1f} s")
+    return sandbox
+
+
+def seed(sandbox: Sandbox) -> SeedSummary:
+    per_tenant = Release(sandbox.version).minor < "3.6"  # deviceauth <= 3.4 keeps a DB per tenant
+    with sandbox.mongo() as mongo:
+        summary = seed_mongo(mongo, per_tenant_databases=per_tenant)
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    summary.artifacts = seed_artifacts(minio)
+    return summary
+
+
+def attach(home: SandboxHome | None = None) -> Sandbox:
+    """The running sandbox, as `up` left it."""
+    home = home or SandboxHome.default()
+    state = home.read_state()
+    if "integration" not in state:
+        raise SandboxError("no sandbox is up; run `mender-upgrade sandbox up`")
+    return Sandbox(home, docker.from_env(), S3Endpoint(**state["s3"]), Path(state["upstream"]),
+                   Path(state["integration"]), state["version"])
+
+
+def down(home: SandboxHome | None = None, log=print, keep_servers: bool = False) -> list[str]:
+    """Remove what the sandbox created: containers, networks, volumes, registry and S3 data, temp dirs."""
+    home = home or SandboxHome.default()
+    removed: list[str] = []
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except docker.errors.DockerException:
+        client = None
+    if client is not None:
+        for label in [f"{PROJECT_LABEL}={PROJECT}", SANDBOX_LABEL]:
+            for c in client.containers.list(all=True, filters={"label": label}):
+                c.remove(force=True, v=True)
+                removed.append(f"container {c.name}")
+        for label in [f"{PROJECT_LABEL}={PROJECT}", SANDBOX_LABEL]:
+            for n in client.networks.list(filters={"label": label}):
+                n.remove()
+                removed.append(f"network {n.name}")
+        for v in client.volumes.list(filters={"label": SANDBOX_LABEL}):
+            v.remove(force=True)
+            removed.append(f"volume {v.name}")
+    if not keep_servers:
+        stop_registry(home)
+        stop_s3(home)
+        if home.run.exists():
+            shutil.rmtree(home.run)
+            removed.append(f"directory {home.run}")
+    log(f"sandbox down: removed {len(removed)} items")
+    return removed
+
+
+def status(home: SandboxHome | None = None) -> dict:
+    home = home or SandboxHome.default()
+    state = home.read_state()
+    out: dict = {"version": state.get("version"), "integration": state.get("integration"),
+                 "registry": registry_answers(), "s3": state.get("s3", {}).get("url")}
+    try:
+        client = docker.from_env(timeout=5)
+        out["services"] = {s: f"{st.status}/{st.health or '-'}" for s, st in project_states(client).items()}
+    except docker.errors.DockerException as exc:
+        out["services"] = f"docker unreachable: {exc.__class__.__name__}"
+    return out

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine; installs what it needs, then runs:
+#   scripts/dev.sh demo   the main job on the embedded default (the sandbox demo)
+#   scripts/dev.sh test   the whole test suite (extra arguments go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[sandbox,test]'
+# No telemetry from any server we start; nothing leaves the machine.
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    demo) exec .venv/bin/mender-upgrade demo "$@" ;;
+    test) exec .venv/bin/python -m pytest "$@" ;;
+    *) echo "usage: scripts/dev.sh demo|test [args]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,98 @@
+"""The Mender stack's containers: the operator's `./run`, and state read by compose labels.
+
+Containers are always found by the labels compose sets (`com.docker.compose.project`,
+`com.docker.compose.service`), never by name: compose v1 and v2 name them differently.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from tasks.errors import ComposeCommandFailed, HealthGateFailed
+
+PROJECT = "menderproduction"
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def run_compose(integration: Path, args: list[str], timeout: float = 600,
+                env: dict[str, str] | None = None) -> str:
+    """Run the operator's own `production/run` with `args`; return its output or raise."""
+    production = integration / "production"
+    try:
+        proc = subprocess.run(["./run", *args], cwd=production, capture_output=True, text=True,
+                              timeout=timeout, env=os.environ | (env or {}))
+    except subprocess.TimeoutExpired as exc:
+        raise ComposeCommandFailed(f"`./run {' '.join(args)}` did not finish within {timeout:.0f} s",
+                                   "check `docker info` and the daemon log") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+        raise ComposeCommandFailed(f"`./run {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}",
+                                   f"run it by hand in {production} to see the whole output")
+    return proc.stdout
+
+
+def compose_services(integration: Path) -> list[str]:
+    """The services the current checkout's compose files define (`./run config --services`)."""
+    return sorted(run_compose(integration, ["config", "--services"]).split())
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: str
+    container_id: str
+    image: str
+    status: str  # running, exited, ...
+    health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
+    restart_count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "running" and self.health in (None, "healthy")
+
+
+def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[str, ServiceState]:
+    """Each service's container state, read through the Docker API by compose labels."""
+    states: dict[str, ServiceState] = {}
+    for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+        attrs = c.attrs
+        service = c.labels.get(SERVICE_LABEL, "?")
+        states[service] = ServiceState(
+            service=service, container_id=c.id, image=attrs["Config"]["Image"],
+            status=attrs["State"]["Status"], health=(attrs["State"].get("Health") or {}).get("Status"),
+            restart_count=attrs.get("RestartCount", 0))
+    return states
+
+
+def wait_until_healthy(client: docker.DockerClient, services: list[str], *, project: str = PROJECT,
+                       timeout: float = 300, stability_window: float = 20,
+                       poll: float = 1.0) -> dict[str, ServiceState]:
+    """Block until every service runs, is healthy where it has a healthcheck, and stays so
+    (same container, same restart count) for `stability_window` seconds."""
+    deadline = time.monotonic() + timeout
+    stable_since: float | None = None
+    baseline: dict[str, tuple[str, int]] = {}
+    while True:
+        states = project_states(client, project)
+        ready = all(s in states and states[s].ok for s in services)
+        fingerprint = {s: (states[s].container_id, states[s].restart_count) for s in services if s in states}
+        now = time.monotonic()
+        if ready and fingerprint == baseline and stable_since is not None:
+            if now - stable_since >= stability_window:
+                return states
+        elif ready:
+            stable_since, baseline = now, fingerprint
+        else:
+            stable_since, baseline = None, {}
+        if now >= deadline:
+            bad = {s: (f"{states[s].status}/{states[s].health}" if s in states else "missing")
+                   for s in services if s not in states or not states[s].ok}
+            raise HealthGateFailed(f"services not healthy after {timeout:.0f} s: {bad}",
+                                   "see `./run logs <service>` for the failing services")
+        time.sleep(poll)
