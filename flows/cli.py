@@ -16,6 +16,12 @@ app.add_typer(sandbox_app, name="sandbox")
 console = Console()
 
 
+def _register_areas() -> None:
+    # Each area's commands live in their own module (one module per command area).
+    from flows import cli_repo
+    cli_repo.register(app)
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/red] {exc}")
     raise typer.Exit(1)
@@ -69,6 +75,8 @@ def demo(version: str = typer.Option("2.6.4", help="old Mender release the sandb
     """The embedded default: bring the sandbox up at an old release and show its state."""
     sandbox_up(version)
 
+
+_register_areas()
 
 if __name__ == "__main__":
     app()

@@ -329,6 +329,129 @@ def apply_module_shims() -> None:
     _bson_value_size._standin_shim = True  # type: ignore[attr-defined]
     runtime._bson_value_size = _bson_value_size
 
+    if os.environ.get("STANDIN_DISABLE_PERF_SHIMS") != "1":
+        _apply_insert_scan_shim()
+        _apply_batch_insert_shim()
+        _apply_decode_signature_shim()
+
+
+def _apply_decode_signature_shim() -> None:
+    """Shim 6: SQLiteEngine._decode_codec_payload calls inspect.signature() for
+    every decoded document (~60 % of read/scan CPU); cache the answer."""
+    import inspect
+
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    cache: dict[Any, bool] = {}
+
+    def _decode_codec_payload(self, payload, *, preserve_bson_wrappers):
+        decode = self._codec.decode
+        key = getattr(decode, "__func__", decode)
+        takes_flag = cache.get(key)
+        if takes_flag is None:
+            try:
+                takes_flag = "preserve_bson_wrappers" in inspect.signature(decode).parameters
+            except (TypeError, ValueError):
+                takes_flag = False
+            cache[key] = takes_flag
+        if not takes_flag:
+            return decode(payload)
+        return decode(payload, preserve_bson_wrappers=preserve_bson_wrappers)
+
+    SQLiteEngine._decode_codec_payload = _decode_codec_payload
+
+
+def _apply_batch_insert_shim() -> None:
+    """Shim 5: the wire ``insert`` command inserts document by document (one
+    SQLite transaction, thread hop and change-dispatch round each, ~5 ms/doc).
+    Route it through ``AsyncCollection.insert_many`` (engine batch inserts,
+    same ordered/unordered and duplicate-key semantics) and rebuild the same
+    reply.  Anything unusual falls back to the original implementation."""
+    from mongoeco.api._async import _database_admin_write_commands as wc
+    from mongoeco.errors import BulkWriteError
+
+    service = wc.DatabaseAdminWriteCommandService
+    original = service.command_insert
+
+    async def command_insert(self, spec, *, session=None):
+        documents = spec.get("documents")
+        if (
+            not isinstance(documents, list)
+            or len(documents) < 2
+            or not all(isinstance(d, dict) and "_id" in d for d in documents)
+            or spec.get("bypassDocumentValidation", False) not in (False, 0)
+            or not isinstance(spec.get("ordered", True), bool)
+        ):
+            return await original(self, spec, session=session)
+        collection_name = self._admin._require_collection_name(spec.get("insert"), "insert")
+        documents = self._admin._normalize_insert_documents(documents)
+        ordered = self._admin._normalize_ordered_from_command(spec.get("ordered"))
+        acknowledged = wc.write_command_acknowledged(spec, dialect=self._admin._mongodb_dialect.key)
+        collection = self._admin._database.get_collection(collection_name)
+        write_errors = None
+        try:
+            result = await collection.insert_many(documents, ordered=ordered, session=session)
+            count = len(result.inserted_ids)
+        except BulkWriteError as error:
+            details = dict(error.details or {})
+            count = int(details.get("nInserted", 0))
+            write_errors = []
+            for entry in details.get("writeErrors", []):
+                entry = dict(entry)
+                entry.pop("op", None)
+                index = entry.pop("index")
+                errmsg = entry.pop("errmsg")
+                code = entry.pop("code", None)
+                write_errors.append(wc.WriteErrorEntry(index=index, errmsg=errmsg, code=code, details=entry or None))
+        return wc._write_command_result(
+            wc.WriteCommandResult(count=count, write_errors=write_errors or None), acknowledged=acknowledged
+        )
+
+    service.command_insert = command_insert
+
+
+def _apply_insert_scan_shim() -> None:
+    """Shim 4: every single-document insert of the SQLite engine decodes the
+    whole collection (``scan_payload_id=True``) to find an equal ``_id`` stored
+    under another storage key: inserts are O(n) each, restores O(n^2).
+
+    For ObjectId and string ``_id`` values the only possible other storage keys
+    are the two ObjectId classes (bson's and mongoeco's), so an indexed lookup
+    of those keys is equivalent to the scan.  Other ``_id`` types keep the scan.
+    """
+    from bson.objectid import ObjectId as BsonObjectId
+    from mongoeco._types._bson_objectid import ObjectId as EcoObjectId
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    original = SQLiteEngine._validate_document_against_unique_indexes
+
+    def _validate(self, db_name, coll_name, document, *, exclude_storage_key=None,
+                  skip_id_check=False, scan_payload_id=False):
+        if scan_payload_id and not skip_id_check and "_id" in document:
+            doc_id = document["_id"]
+            if type(doc_id) is str:
+                scan_payload_id = False
+            elif type(doc_id) in (BsonObjectId, EcoObjectId):
+                raw = doc_id.binary
+                keys = {self._storage_key(BsonObjectId(raw)), self._storage_key(EcoObjectId(raw))}
+                keys.discard(self._storage_key(doc_id))  # checked by the original
+                keys.discard(exclude_storage_key)
+                conn = self._require_connection()
+                for key in keys:
+                    row = conn.execute(
+                        "SELECT 1 FROM documents WHERE db_name = ? AND coll_name = ? AND storage_key = ? LIMIT 1",
+                        (db_name, coll_name, key),
+                    ).fetchone()
+                    if row is not None:
+                        raise self._unique_key_error(
+                            f"Duplicate key: _id={doc_id}", f"{db_name}.{coll_name}", document
+                        )
+                scan_payload_id = False
+        return original(self, db_name, coll_name, document, exclude_storage_key=exclude_storage_key,
+                        skip_id_check=skip_id_check, scan_payload_id=scan_payload_id)
+
+    SQLiteEngine._validate_document_against_unique_indexes = _validate
+
 
 def install_executor_hooks(proxy: Any, admin: StandinAdmin, server: ServerVersion) -> None:
     """Wrap the proxy's WireCommandExecutor (instance attributes only).

@@ -1,0 +1,109 @@
+"""One typed configuration, shared by the CLI, the deployments and the Prefect UI form.
+
+Every field has a default or fails with an error naming the field and what is accepted.
+Secrets are `SecretStr`: they print as '**********' in logs, reprs and the UI.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from tasks.errors import UpgradeError
+from tasks.store import BackupStore, LocalStore, S3Store, parse_target, s3_client
+
+VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
+
+
+class ConfigInvalid(UpgradeError):
+    """A configuration value is wrong; the message names the field and what is accepted."""
+
+
+class BackupMode(str, Enum):
+    quiesce = "quiesce"  # stop the API services during dump and tar (consistent)
+    hot = "hot"          # stop nothing (no downtime, may be inconsistent)
+
+
+class BackupSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("file:///var/backups/mender-upgrade",
+                        description="where backups go: s3://bucket/prefix or file:///folder")
+    endpoint_url: str | None = Field(None, description="S3 endpoint URL for non-AWS servers, e.g. http://127.0.0.1:8333")
+    region: str = Field("us-east-1", description="S3 region")
+    path_style: bool = Field(True, description="path-style S3 addressing (MinIO, SeaweedFS, Ceph)")
+    access_key_id: str | None = Field(None, description="S3 access key; empty: environment or AWS profile")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key; empty: environment or AWS profile")
+    aws_profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        None, description="ask S3 to encrypt objects at rest")
+    mode: BackupMode = Field(BackupMode.quiesce, description="quiesce stops the API services while backing up; hot stops nothing")
+    keep_last: int = Field(5, ge=1, le=1000, description="verified backups to keep; older ones are pruned after a new one is verified")
+    part_size_mib: int = Field(8, ge=5, le=512, description="S3 multipart part size")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        parse_target(value)  # raises with the accepted forms
+        return value
+
+    def open_store(self) -> BackupStore:
+        scheme, where, prefix = parse_target(self.target)
+        if scheme == "file":
+            return LocalStore(Path(where))
+        secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
+        client = s3_client(self.endpoint_url, self.region, self.access_key_id, secret,
+                           self.path_style, self.aws_profile)
+        return S3Store(bucket=where, prefix=prefix, client=client, endpoint=self.endpoint_url or "AWS S3",
+                       server_side_encryption=self.server_side_encryption,
+                       part_size=self.part_size_mib * 1024 * 1024)
+
+
+class UpgradeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    integration_dir: Path = Field(Path("/opt/mender/integration"),
+                                  description="root of the operator's mendersoftware/integration clone")
+    target_version: str | None = Field(None, pattern=VERSION_PATTERN,
+                                       description="Mender release to upgrade to (X.Y.Z); empty: the newest allowed")
+    compose_project: str = Field("menderproduction", pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                                 description="compose project name the operator's ./run uses")
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    writer_services: list[str] | None = Field(
+        None, description="services stopped while backing up in quiesce mode; empty: every Mender API service")
+    health_timeout_s: float = Field(300, gt=0, le=3600, description="how long to wait for all services to be healthy")
+    stability_window_s: float = Field(20, ge=0, le=600, description="services must stay healthy this long")
+
+
+def _describe(error: dict) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "is not a known setting"
+    elif error["type"] == "string_pattern_mismatch":
+        msg = f"must match {error['ctx']['pattern']}"
+    value = error.get("input")
+    shown = "" if isinstance(value, (dict, list)) or "secret" in field else f" (got {value!r})"
+    return f"{field}: {msg}{shown}"
+
+
+def load_settings(data: dict) -> UpgradeSettings:
+    """Validate raw configuration; errors name every wrong field and what it accepts."""
+    try:
+        return UpgradeSettings.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigInvalid("invalid configuration:\n  " + "\n  ".join(lines),
+                            "fix the fields above; `mender-upgrade config-schema` lists every field") from None
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Replace every secret value in `text` (for messages built from outside output)."""
+    for secret in secrets:
+        if secret:
+            text = re.sub(re.escape(secret), "**********", text)
+    return text
