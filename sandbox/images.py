@@ -150,12 +150,16 @@ def _python_base(client: docker.DockerClient, log) -> None:
 
 
 def _python313() -> str:
-    for candidate in [shutil.which("python3.13"), str(Path.home() / ".pyenv/versions/3.13.0/bin/python3.13")]:
-        if candidate and Path(candidate).exists():
+    """A real Python 3.13 interpreter (pyenv shims answer for versions they do not run)."""
+    candidates = [str(Path.home() / ".pyenv/versions/3.13.0/bin/python3.13")]
+    out = subprocess.run(["pyenv", "prefix", "3.13.0"], capture_output=True, text=True) if shutil.which("pyenv") else None
+    if out and out.returncode == 0:
+        candidates.insert(0, str(Path(out.stdout.strip()) / "bin" / "python3"))
+    candidates.append(shutil.which("python3.13") or "")
+    for candidate in candidates:
+        if candidate and subprocess.run([candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 13)"],
+                                        capture_output=True).returncode == 0:
             return candidate
-    out = subprocess.run(["pyenv", "prefix", "3.13.0"], capture_output=True, text=True)
-    if out.returncode == 0:
-        return str(Path(out.stdout.strip()) / "bin" / "python3")
     raise SandboxError("Python 3.13 is needed to install the mongo stand-in's packages (mongoeco needs >= 3.13)")
 
 
@@ -163,6 +167,7 @@ def _mongo_dockerfile(version: str) -> str:
     return "\n".join([
         f"FROM {PYTHON_BASE}",
         "COPY mongo_standin_server.py /opt/standin/",
+        "COPY mongo_standin_tools.py /opt/standin/lib/",
         "COPY mongodump mongorestore /usr/local/bin/",
         f'ENV PYTHONPATH=/opt/standin/lib MONGO_VERSION="{version}" PYTHONUNBUFFERED=1',
         "VOLUME /data/db",

@@ -81,6 +81,8 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     s3 = start_s3(home)
     names = images.build_images(client, log=log)
     images.publish_to_mirror(client, names, log=log)
+    for stale in ("upstream", "operator"):
+        shutil.rmtree(home.run / stale, ignore_errors=True)
     upstream = create_upstream(home.run / "upstream" / "integration.git")
     integration = create_operator_clone(upstream, home.run / "operator" / "integration", version)
     for name in EXTERNAL_VOLUMES:

@@ -123,6 +123,9 @@ def plan_upgrade_path(current: str, tags: list[str], target: str | None = None,
     compose_line = [v for v in versions if v.line < COMPOSE_LINE_END]
     newest = max(compose_line) if compose_line else cur
     plan = UpgradePlan(current=current, target=target, enterprise=enterprise)
+    if cur.line >= COMPOSE_LINE_END:
+        return _refuse(plan, f"the running {cur} is already past the docker-compose production line",
+                       "4.x is installed with Helm (mendersoftware/mender-server); this tool does not apply")
     if target is None:
         tgt = newest
         plan.target = str(tgt)

@@ -19,7 +19,7 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -49,6 +49,7 @@ if not VENV_PY.exists():
 RAW = CodecOptions(document_class=RawBSONDocument)
 SEED_DBS = ("deviceauth", "deviceauth-tenant1", "inventory")
 READY_TIMEOUT = 30.0
+DEVICES, AUTH_SETS = 250, 80  # per database; mongoeco inserts/index builds are slow (see README)
 
 
 # --------------------------------------------------------------------------
@@ -65,7 +66,8 @@ def free_port() -> int:
 class Server:
     """One stand-in mongod subprocess on 127.0.0.1."""
 
-    def __init__(self, dbpath: Path, version: str = "4.4.29") -> None:
+    def __init__(self, dbpath: Path, version: str = "4.4.29", env: dict[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
         self.dbpath = Path(dbpath)
         self.dbpath.mkdir(parents=True, exist_ok=True)
         self.version = version
@@ -75,9 +77,10 @@ class Server:
         self.started_at = 0.0
         self.ready_after = 0.0
         self._client = None
+        self.signalled = False
 
     def launch(self) -> "Server":
-        env = dict(os.environ, MONGO_VERSION=self.version)
+        env = dict(os.environ, MONGO_VERSION=self.version, **self.extra_env)
         env.pop("PYTHONPATH", None)
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.started_at = time.monotonic()
@@ -122,9 +125,15 @@ class Server:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            if not self._log.closed:
+                self._log.close()
+            return self.proc.returncode
+        if not self.signalled:
+            self.proc.send_signal(signal.SIGTERM)
+            self.signalled = True
         try:
             return self.wait_exit(15)
         except subprocess.TimeoutExpired:
@@ -139,6 +148,15 @@ def start_servers(*servers: Server) -> list[Server]:
     for s in servers:
         s.wait_ready()
     return list(servers)
+
+
+def stop_servers(*servers: Server) -> None:
+    for s in servers:  # SIGTERM all first, then wait: shutdowns overlap
+        if s.proc is not None and s.proc.poll() is None and not s.signalled:
+            s.proc.send_signal(signal.SIGTERM)
+            s.signalled = True
+    for s in servers:
+        s.stop()
 
 
 def run_tool(tool: Path, *args: str, stdin=None, input: bytes | None = None, timeout: float = 60.0):
@@ -193,13 +211,13 @@ def seed(client) -> dict[str, int]:
                 **({"group": f"g{i % 5}"} if i % 2 else {}),
                 **({"expire_at": base + datetime.timedelta(days=36500)} if i % 4 == 0 else {}),
             }
-            for i in range(400)
+            for i in range(DEVICES)
         ]
         db.devices.insert_many(devices)
         db.auth_sets.insert_many([
             {"_id": str(uuid.UUID(int=i + 7)), "device_id": devices[i // 2]["_id"], "pubkey": f"key-{i % 2}",
              "ts": base}
-            for i in range(120)
+            for i in range(AUTH_SETS)
         ])
         db.create_collection("empty_coll")
         # indexes after the data (as mongorestore does; faster on mongoeco)
@@ -211,8 +229,8 @@ def seed(client) -> dict[str, int]:
         db.devices.create_index("expire_at", expireAfterSeconds=3600, name="expire_ttl")
         db.auth_sets.create_index([("device_id", 1), ("pubkey", 1)], unique=True, name="devid_pubkey")
         db.empty_coll.create_index("x", unique=True, name="x_unique")
-        counts[f"{db_name}.devices"] = 400
-        counts[f"{db_name}.auth_sets"] = 120
+        counts[f"{db_name}.devices"] = DEVICES
+        counts[f"{db_name}.auth_sets"] = AUTH_SETS
         counts[f"{db_name}.empty_coll"] = 0
     return counts
 
@@ -231,8 +249,7 @@ def servers(tmp_path_factory):
         start_servers(*started.values())
         yield started
     finally:
-        for s in started.values():
-            s.stop()
+        stop_servers(*started.values())
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +274,7 @@ def archive_file(servers, seeded, tmp_path_factory):
 def test_server_identity_and_admin_commands(servers, seeded):
     src = servers["source"]
     client = src.client
-    assert src.ready_after < 10, f"slow start: {src.ready_after:.2f}s"
+    assert src.ready_after < 20, f"slow start: {src.ready_after:.2f}s"
     info = client.server_info()  # pymongo sends lowercase "buildinfo"
     assert info["version"] == "4.4.29"
     assert info["versionArray"][:3] == [4, 4, 29]
@@ -301,8 +318,22 @@ def test_duplicate_keys_rejected_by_batched_inserts(servers):
     servers["scratch"].client.drop_database("standin_dups")
 
 
-def test_fcv_lifecycle_restart_and_upgrade_problem(tmp_path):
+@pytest.fixture
+def make_server():
+    made: list[Server] = []
+
+    def make(dbpath: Path, version: str = "4.4.29", env: dict[str, str] | None = None) -> Server:
+        server = Server(dbpath, version, env)
+        made.append(server)
+        return server
+
+    yield make
+    stop_servers(*made)
+
+
+def test_fcv_lifecycle_restart_and_upgrade_problem(tmp_path, make_server):
     dbpath = tmp_path / "db"
+    Server = make_server  # noqa: N806 - every server started here is stopped at teardown
     s44 = start_servers(Server(dbpath, "4.4.29"))[0]
     admin = s44.client.admin
     get_fcv = lambda c: c.admin.command({"getParameter": 1, "featureCompatibilityVersion": 1})[  # noqa: E731
@@ -324,12 +355,34 @@ def test_fcv_lifecycle_restart_and_upgrade_problem(tmp_path):
     assert clash.wait_exit(30) == 100
     assert "DBPathInUse" in clash.log()
 
+    # SIGTERM under write load: running requests drain, clean exit, no torn batch
+    writer_client = pymongo.MongoClient(s44.uri, directConnection=True, serverSelectionTimeoutMS=2000,
+                                        retryWrites=False)
+    batches = []
+
+    def write_load():
+        try:
+            while True:
+                writer_client["deviceauth"].load.insert_many([{"b": len(batches), "i": i} for i in range(100)])
+                batches.append(1)
+        except pymongo.errors.PyMongoError:
+            pass
+
+    writer = threading.Thread(target=write_load, daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 10
+    while len(batches) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert s44.stop() == 0  # SIGTERM: clean exit
+    writer.join(15)
+    writer_client.close()
     assert "Now exiting" in s44.log()
 
     # restart on the same dbpath: data and FCV survive
     s44b = start_servers(Server(dbpath, "4.4.29"))[0]
     assert s44b.client["deviceauth"].devices.find_one({"_id": "keep-me"})["v"] == Decimal128("1.5")
+    loaded = s44b.client["deviceauth"].load.count_documents({})
+    assert loaded >= 300 and loaded % 100 == 0, loaded
     assert get_fcv(s44b.client) == "4.2"
     assert s44b.stop() == 0
 
@@ -361,6 +414,11 @@ def test_fcv_lifecycle_restart_and_upgrade_problem(tmp_path):
     assert back.wait_exit(30) == 62
     assert "UPGRADE PROBLEM" in back.log()
 
+    # data "written by mongod 4.2" (STANDIN_INITIAL_FCV on a fresh dbpath) refuses 5.0 right away
+    old_data = Server(tmp_path / "from42", "5.0.26", env={"STANDIN_INITIAL_FCV": "4.2"}).launch()
+    assert old_data.wait_exit(30) == 62
+    assert "UPGRADE PROBLEM" in old_data.log()
+
 
 # --------------------------------------------------------------------------
 # mongodump / mongorestore
@@ -390,7 +448,7 @@ def test_dump_restore_roundtrip_through_gzip_pipe(servers, seeded):
     assert restore.returncode == 0, restore_err
     total = sum(seeded.values())
     assert "writing deviceauth.devices to archive on stdout" in dump_err
-    assert "done dumping deviceauth.devices (400 documents)" in dump_err
+    assert f"done dumping deviceauth.devices ({DEVICES} documents)" in dump_err
     assert "done dumping inventory.empty_coll (0 documents)" in dump_err
     assert f"{total} document(s) restored successfully. 0 document(s) failed to restore." in restore_err
 
@@ -502,7 +560,8 @@ def test_restore_drop_replaces_existing_data(servers, archive_file, seeded):
     source_docs = raw_docs(src.client, "inventory", "devices")
     first = bson.decode(source_docs[0])
     coll = dst.client["inventory"].devices
-    coll.insert_many([{"_id": "extra-1"}, {"_id": "extra-2"}, {"_id": first["_id"], "changed": True}])
+    coll.insert_many([{"_id": "extra-1", "id_data_sha256": "x1"}, {"_id": "extra-2", "id_data_sha256": "x2"},
+                      {"_id": first["_id"], "id_data_sha256": "x3", "changed": True}])
 
     # without --drop: existing docs stay, the clashing _id is a counted failure
     result = run_tool(MONGORESTORE, "--host", f"127.0.0.1:{dst.port}", f"--archive={archive_file}",
@@ -578,23 +637,36 @@ def test_directory_format_roundtrip_with_rename(servers, seeded, tmp_path):
 
 def test_tools_fail_fast_on_dead_server_and_bad_flags(tmp_path):
     port = free_port()
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+
+    def spawn(tool: Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([str(VENV_PY), str(tool), *args], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
     started = time.monotonic()
-    result = run_tool(MONGODUMP, "--host", f"127.0.0.1:{port}", "--archive", "--gzip", timeout=30)
-    assert result.returncode == 1
+    runs = {
+        "dump": spawn(MONGODUMP, "--host", f"127.0.0.1:{port}", "--archive", "--gzip"),
+        "restore": spawn(MONGORESTORE, "--host", "127.0.0.1", "--port", str(port), "--archive"),
+        "bogus": spawn(MONGODUMP, "--host", f"127.0.0.1:{port}", "--bogus-flag"),
+        # like the real mongodump, --nsInclude is a mongorestore-only option
+        "nsinclude": spawn(MONGODUMP, "--nsInclude", "a.*"),
+        "host+uri": spawn(MONGODUMP, "--uri", f"mongodb://127.0.0.1:{port}/", "--host", "127.0.0.1"),
+    }
+    out = {name: (p, *p.communicate(timeout=60)) for name, p in runs.items()}
     assert time.monotonic() - started < 15
-    assert result.stdout == b""  # nothing that could pass for an archive
-    assert b"Failed: can't create session" in result.stderr
 
-    result = run_tool(MONGORESTORE, "--host", "127.0.0.1", "--port", str(port), "--archive", input=b"", timeout=30)
-    assert result.returncode == 1 and b"Failed:" in result.stderr
-
-    result = run_tool(MONGODUMP, "--host", f"127.0.0.1:{port}", "--bogus-flag")
-    assert result.returncode == 3 and b"error parsing command line options" in result.stderr
-    # like the real mongodump, --nsInclude is a mongorestore-only option
-    result = run_tool(MONGODUMP, "--nsInclude", "a.*")
-    assert result.returncode == 3
-    result = run_tool(MONGODUMP, "--uri", f"mongodb://127.0.0.1:{port}/", "--host", "127.0.0.1")
-    assert result.returncode == 3 and b"cannot specify --host and --uri" in result.stderr
+    proc, stdout, stderr = out["dump"]
+    assert proc.returncode == 1
+    assert stdout == b""  # nothing that could pass for an archive
+    assert b"Failed: can't create session" in stderr
+    proc, _, stderr = out["restore"]
+    assert proc.returncode == 1 and b"Failed:" in stderr
+    proc, _, stderr = out["bogus"]
+    assert proc.returncode == 3 and b"error parsing command line options" in stderr
+    assert out["nsinclude"][0].returncode == 3
+    proc, _, stderr = out["host+uri"]
+    assert proc.returncode == 3 and b"cannot specify --host and --uri" in stderr
 
 
 def test_dump_to_closed_pipe_fails(servers, seeded):

@@ -16,8 +16,11 @@ thin layer that makes it look like the mongod version being stood in for:
 * start-up refusal ("UPGRADE PROBLEM ...", exit code 62) when the persisted FCV
   is not usable by this server version (a skipped major version);
 * ``mongod.lock`` in dbpath (two servers on one dbpath are refused, exit 100);
-* shims for three mongoeco 4.11.0 bugs (lowercase ``buildinfo``,
-  ``renameCollection`` sent to ``admin``, ``$bsonSize`` of Decimal128).
+* shims for three mongoeco 4.11.0 bugs (1: lowercase ``buildinfo``,
+  2: ``renameCollection`` sent to ``admin``, 3: ``$bsonSize`` of Decimal128)
+  and four speed shims (4: O(n) ``_id`` scan per insert, 5: wire ``insert``
+  one document at a time, 6: ``inspect.signature`` per decoded document,
+  7: O(n^2) unique index builds); see README.md.
 
 Start: ``python3 mongo_standin_server.py [--dbpath /data/db] [--bind_ip 0.0.0.0]
 [--port 27017]``.  Prints ``READY mongodb://HOST:PORT/`` once it accepts
@@ -50,6 +53,7 @@ DEFAULT_MONGO_VERSION = "4.4.29"
 SQLITE_FILE = "standin.sqlite"
 FCV_FILE = "standin-fcv.json"
 LOCK_FILE = "mongod.lock"
+SHUTDOWN_DRAIN_SECONDS = 8.0  # docker stop sends SIGKILL after 10 s
 
 # mongod exit codes (src/mongo/util/exit_code.h)
 EXIT_BADOPTIONS = 2
@@ -308,6 +312,18 @@ class StandinRequest:
 
 
 def apply_module_shims() -> None:
+    """Process-wide patches of mongoeco 4.11.0 (shims 1 and 2 are per-server,
+    see install_executor_hooks).  Shims 4-7 only change speed, not results;
+    ``STANDIN_DISABLE_PERF_SHIMS=1`` turns them off for comparison."""
+    _apply_bson_size_shim()
+    if os.environ.get("STANDIN_DISABLE_PERF_SHIMS") != "1":
+        _apply_insert_scan_shim()
+        _apply_batch_insert_shim()
+        _apply_decode_signature_shim()
+        _apply_unique_index_build_shim()
+
+
+def _apply_bson_size_shim() -> None:
     """Shim 3: ``$bsonSize`` (listDatabases/dbStats) crashes on Decimal128."""
     import bson
     from bson.decimal128 import Decimal128
@@ -329,10 +345,79 @@ def apply_module_shims() -> None:
     _bson_value_size._standin_shim = True  # type: ignore[attr-defined]
     runtime._bson_value_size = _bson_value_size
 
-    if os.environ.get("STANDIN_DISABLE_PERF_SHIMS") != "1":
-        _apply_insert_scan_shim()
-        _apply_batch_insert_shim()
-        _apply_decode_signature_shim()
+
+def _apply_unique_index_build_shim() -> None:
+    """Shim 7: building a unique index compares every document with every
+    earlier one (``unique_index_conflict(doc, seen)`` for all pairs: O(n^2),
+    ~1 s for 400 documents).  Without a collation that pairwise test is "the
+    two documents' index-key sets intersect", so a hash set of the keys seen so
+    far answers it in O(1); the pairwise calls that remain return at once."""
+    import __future__
+    import inspect
+
+    from mongoeco.engines import _sqlite_index_admin as admin_module
+    from mongoeco.engines import sqlite as sqlite_module
+
+    original = sqlite_module._sqlite_create_index
+    if getattr(original, "_standin_shim", False):
+        return
+    # With the hashed check each earlier document only has to be shown once
+    # (to register its keys): let the build loop pass just the latest one.
+    hashed_build = original
+    needle = "for existing_document in seen_documents:"
+    try:
+        source = inspect.getsource(admin_module.create_index)
+        if source.count(needle) == 1:
+            source = source.replace(
+                needle,
+                "for existing_document in (seen_documents[-1:] if getattr("
+                "unique_index_conflict, '_standin_hashed', False) else seen_documents):",
+            )
+            namespace: dict[str, Any] = {}
+            code = compile(source, admin_module.__file__, "exec",
+                           flags=__future__.annotations.compiler_flag, dont_inherit=True)
+            exec(code, admin_module.__dict__, namespace)  # noqa: S102 - pinned mongoeco source
+            hashed_build = namespace["create_index"]
+    except (OSError, TypeError, SyntaxError):
+        hashed_build = original
+
+    def create_index(conn, **kwargs):
+        pairwise = kwargs.get("unique_index_conflict")
+        engine = getattr(pairwise, "__self__", None)
+        if not kwargs.get("unique") or kwargs.get("collation") is not None or engine is None:
+            return original(conn, **kwargs)
+        seen_keys: dict[Any, None] = {}
+        registered: set[int] = set()
+        state: dict[str, Any] = {"doc": None, "keys": frozenset()}
+
+        def keys_of(document, index):
+            return engine._unique_index_keys(document, index["fields"])
+
+        def fast_conflict(candidate, existing, index):
+            new_existing = None
+            if id(existing) not in registered:
+                registered.add(id(existing))
+                new_existing = keys_of(existing, index)
+                seen_keys.update(dict.fromkeys(new_existing))
+            if state["doc"] is not candidate:
+                state["doc"] = candidate
+                state["keys"] = keys_of(candidate, index)
+                for key in state["keys"]:
+                    if key in seen_keys:
+                        return key
+                return None
+            if new_existing:
+                common = state["keys"] & new_existing
+                if common:
+                    return next(iter(common))
+            return None
+
+        fast_conflict._standin_hashed = True  # type: ignore[attr-defined]
+        kwargs["unique_index_conflict"] = fast_conflict
+        return hashed_build(conn, **kwargs)
+
+    create_index._standin_shim = True  # type: ignore[attr-defined]
+    sqlite_module._sqlite_create_index = create_index
 
 
 def _apply_decode_signature_shim() -> None:
@@ -453,15 +538,49 @@ def _apply_insert_scan_shim() -> None:
     SQLiteEngine._validate_document_against_unique_indexes = _validate
 
 
-def install_executor_hooks(proxy: Any, admin: StandinAdmin, server: ServerVersion) -> None:
+class RequestGate:
+    """Counts requests in flight so that shutdown can let them finish: a
+    cancelled handler does not stop mongoeco's SQLite worker thread, and
+    disconnecting under it fails with "database is locked"."""
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.closing = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> bool:
+        if self.closing:
+            return False
+        self.inflight += 1
+        self.idle.clear()
+        return True
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self.idle.set()
+
+
+SHUTDOWN_REPLY = {
+    "ok": 0.0,
+    "errmsg": "The server is in quiesce mode and will shut down",
+    "code": 91,
+    "codeName": "ShutdownInProgress",
+}
+
+
+def install_executor_hooks(proxy: Any, admin: StandinAdmin, server: ServerVersion) -> RequestGate:
     """Wrap the proxy's WireCommandExecutor (instance attributes only).
 
     * shim 1: lowercase ``buildinfo`` (answered by StandinAdmin anyway);
     * shim 2: ``renameCollection`` sent to ``admin`` is run in the source DB
       when source and target share a database;
     * StandinAdmin commands bypass mongoeco entirely;
-    * version fields of hello/isMaster/serverStatus are rewritten.
+    * version fields of hello/isMaster/serverStatus are rewritten;
+    * requests are counted (RequestGate) for a draining shutdown.
     """
+    gate = RequestGate()
     executor = proxy._executor
     original_build = executor._build_request_context
     original_execute = executor.execute_prepared
@@ -488,7 +607,12 @@ def install_executor_hooks(proxy: Any, admin: StandinAdmin, server: ServerVersio
     async def execute_prepared(context):
         if isinstance(context, StandinRequest):
             return admin.handle(context.command_name, context.db_name, context.command_document)
-        result = await original_execute(context)
+        if not gate.enter():
+            return dict(SHUTDOWN_REPLY)
+        try:
+            result = await original_execute(context)
+        finally:
+            gate.leave()
         name = getattr(context, "command_name", None)
         if isinstance(result, dict) and result.get("ok"):
             if name in ("hello", "isMaster", "ismaster"):
@@ -505,6 +629,7 @@ def install_executor_hooks(proxy: Any, admin: StandinAdmin, server: ServerVersio
 
     executor._build_request_context = build_request_context
     executor.execute_prepared = execute_prepared
+    return gate
 
 
 # --------------------------------------------------------------------------
@@ -572,7 +697,7 @@ async def serve(args: argparse.Namespace, server: ServerVersion, admin: StandinA
     hosts = [h.strip() for h in args.bind_ip.split(",") if h.strip()]
     engine = SQLiteEngine(os.path.join(args.dbpath, SQLITE_FILE))
     proxy = AsyncMongoEcoProxyServer(engine=engine, host=hosts if len(hosts) > 1 else hosts[0], port=args.port)
-    install_executor_hooks(proxy, admin, server)
+    gate = install_executor_hooks(proxy, admin, server)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -600,11 +725,32 @@ async def serve(args: argparse.Namespace, server: ServerVersion, admin: StandinA
     print(f"READY mongodb://{uri_host}:{port}/", flush=True)
 
     await stop.wait()
-    log("I", "CONTROL", 4784900, "Stepping down the ReplicationCoordinator for shutdown")
     started = time.monotonic()
-    await proxy.close()
+    log("I", "CONTROL", 4784900, "Stepping down the ReplicationCoordinator for shutdown")
+    # 1. no new connections, no new requests; 2. let running requests finish
+    # (their SQLite transactions commit); 3. close connections and the engine.
+    gate.closing = True
+    listener = getattr(proxy, "_server", None)
+    if listener is not None:
+        listener.close()
+    if gate.inflight:
+        log("I", "COMMAND", 4695400, "Waiting for in-flight requests", count=gate.inflight)
+        try:
+            await asyncio.wait_for(gate.idle.wait(), SHUTDOWN_DRAIN_SECONDS)
+        except TimeoutError:
+            log("W", "COMMAND", 4695401, "In-flight requests still running at shutdown", count=gate.inflight)
+    code = 0
+    for attempt in range(1, 6):
+        try:
+            await proxy.close()
+            break
+        except Exception as err:  # ExceptionGroup from the proxy cleanup
+            log("W", "STORAGE", 22347, "Shutdown step failed, retrying", attempt=attempt, error=repr(err))
+            await asyncio.sleep(0.5)
+    else:
+        code = 1
     log("I", "CONTROL", 20565, "Now exiting", durationMillis=int((time.monotonic() - started) * 1000))
-    return 0
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,7 +801,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as err:
             return fatal(20573, "Wrong mongod version", f"UPGRADE PROBLEM: unreadable featureCompatibilityVersion document: {err}", EXIT_NEED_UPGRADE)
         if fcv is None:
-            fcv = server.line
+            # Fresh dbpath: the server's own FCV.  STANDIN_INITIAL_FCV lets a
+            # test bed model data written by an older mongod (e.g. "4.2").
+            fcv = os.environ.get("STANDIN_INITIAL_FCV") or server.line
             fcv_store.save(fcv)
             log("I", "STORAGE", 20459, "Setting featureCompatibilityVersion", newVersion=fcv)
         problem = startup_fcv_error(server, fcv)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gzip
-import json
 import os
 import re
 import socket
@@ -442,8 +441,12 @@ def parse_metadata(text: str | bytes) -> dict:
 
 
 class Sink:
-    def __init__(self, fileobj: BinaryIO, gzip_enabled: bool) -> None:
-        self._f = fileobj
+    """Writes straight to a file descriptor with os.write() loops: a partial
+    write to a pipe whose reader went away must surface as an error (a
+    BufferedWriter was seen to swallow it)."""
+
+    def __init__(self, fd: int, gzip_enabled: bool) -> None:
+        self._fd = fd
         self._z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip_enabled else None
         self._buf = bytearray()
 
@@ -456,15 +459,19 @@ class Sink:
                 self._flush()
 
     def _flush(self) -> None:
-        if self._buf:
-            self._f.write(self._buf)
-            self._buf.clear()
+        view = memoryview(self._buf)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        finally:
+            view.release()
+        self._buf.clear()
 
     def finish(self) -> None:
         if self._z is not None:
             self._buf += self._z.flush(zlib.Z_FINISH)
         self._flush()
-        self._f.flush()
 
 
 # --------------------------------------------------------------------------
@@ -597,12 +604,13 @@ def _dump_archive(client, args, intents: list[DumpIntent], query, log: Logger) -
     if to_stdout:
         if sys.stdout.isatty():
             raise BadOptions("--archive without a file name writes binary data to stdout: redirect or pipe it")
-        out: BinaryIO = sys.stdout.buffer
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
         location = "archive on stdout"
     else:
-        out = open(args.archive, "wb")  # noqa: SIM115 - closed below
+        fd = os.open(args.archive, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         location = f"archive '{args.archive}'"
-    sink = Sink(out, args.gzip)
+    sink = Sink(fd, args.gzip)
     try:
         sink.write(MAGIC_BYTES)
         sink.write(bson.encode(SON([
@@ -640,7 +648,7 @@ def _dump_archive(client, args, intents: list[DumpIntent], query, log: Logger) -
         raise ToolError(f"error writing data to {location}: {err}") from None
     finally:
         if not to_stdout:
-            out.close()
+            os.close(fd)
     return EXIT_OK
 
 
