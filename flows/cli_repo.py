@@ -57,7 +57,7 @@ def plan(integration: Path = INTEGRATION,
          branch: str = BRANCH) -> None:
     """Plan the upgrade hops from the clone's current release (fetches tags from origin)."""
     try:
-        result = repository.plan(repository.open_integration(integration), to, branch)
+        result = repository.plan_upgrade(repository.open_integration(integration), to, branch)
     except UpgradeError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -81,7 +81,7 @@ def _changes_table(title: str, changes: dict[str, list[TemplateChange]]) -> Tabl
     return table
 
 
-def _print_review(review: repository.HopReview, show_diff: bool) -> None:
+def _print_review(review: repository.HopReview, show_diff: bool, first: bool) -> None:
     console.rule(f"hop {review.from_version} -> {review.to_version}")
     console.print(f"{len(review.log)} upstream commit(s):")
     for line in review.log[:15]:
@@ -94,6 +94,9 @@ def _print_review(review: repository.HopReview, show_diff: bool) -> None:
         console.print(escape(review.diff), highlight=False)
     if review.removed_services:
         console.print(f"services gone in {review.to_version}: {', '.join(review.removed_services)}")
+    if not first:  # drift depends on the configuration the hops before this one produce
+        console.print("template drift: listed when the hop runs (see --dry-run)")
+        return
     table = _changes_table("template drift (prod.yml keys whose template changed)", review.drift)
     if table:
         console.print(table)
@@ -127,14 +130,14 @@ def repo_update(integration: Path = INTEGRATION,
     into prod.yml, with a pre-upgrade tag per hop (no containers are touched)."""
     try:
         repo = repository.open_integration(integration)
-        result = repository.plan(repo, to, branch)
+        result = repository.plan_upgrade(repo, to, branch)
         _print_plan(result)
         if result.refused:
             raise typer.Exit(EXIT_REFUSED)
         if not result.hops:
             raise typer.Exit(0)
-        for old, new in zip([result.current, *result.hops], result.hops):
-            _print_review(repository.review_hop(repo, old, new), show_diff)
+        for index, (old, new) in enumerate(zip([result.current, *result.hops], result.hops)):
+            _print_review(repository.review_hop(repo, old, new), show_diff, first=index == 0)
         if dry_run:
             repository.dry_run(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=True))
             console.print("dry run: every hop merges and passes ./run config -q; the clone was not changed")

@@ -141,7 +141,7 @@ def _span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
     key = _real_key(parent, path[-1])  # type: ignore[arg-type]
     start, col = parent.lc.key(key)  # type: ignore[union-attr]
     value = parent[key]  # type: ignore[index]
-    end, last = start + 1, start
+    last = start
     for i in range(start + 1, len(lines)):
         line = lines[i]
         if _is_blank(line):
@@ -154,11 +154,10 @@ def _span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
         if _indent(line) <= col and not indentless_item:
             break
         last = i
-    end = last + 1
     lead = start
     while lead > 0 and _is_comment(lines[lead - 1]) and _indent(lines[lead - 1]) == col:
         lead -= 1
-    return _Span(lead, start, end, col)
+    return _Span(lead, start, last + 1, col)
 
 
 def _split(text: str) -> tuple[list[str], str]:
@@ -218,19 +217,23 @@ def _render(key: str, value: object, col: int, step: int) -> list[str]:
     if isinstance(value, list) and value:
         lines = [head]
         for item in value:
-            if isinstance(item, (dict, list)) and item:
-                raise ProdYamlError("internal: nested sequences are not rendered", "")
-            lines.append(f"{pad}{' ' * step}- {_scalar_text(item)}".rstrip())
+            if isinstance(item, list) and item:
+                raise ProdYamlError(f"cannot rewrite `{key}`: it nests lists in flow style",
+                                    f"write `{key}` in block style by hand, then retry")
+            if isinstance(item, dict) and item:
+                first, *rest = [line for k, v in item.items() for line in _render(str(k), v, 0, step)]
+                lines += [f"{pad}{' ' * step}- {first}", *(f"{pad}{' ' * (step + 2)}{line}" for line in rest)]
+            else:
+                lines.append(f"{pad}{' ' * step}- {_scalar_text(item)}".rstrip())
         return lines
     if isinstance(value, (dict, list)):
         return [f"{head} {'{}' if isinstance(value, dict) else '[]'}"]
     return [f"{head} {_scalar_text(value)}".rstrip()]
 
 
-def _reindent(lines: list[str], delta: int) -> list[str]:
-    if delta >= 0:
-        return [(" " * delta + line) if line.strip() else line for line in lines]
-    return [line[min(-delta, _indent(line)):] for line in lines]
+def _shift(lines: list[str], col: int) -> list[str]:
+    """Lines written from column 0, moved right to `col`."""
+    return [(" " * col + line) if line.strip() else line for line in lines]
 
 
 # --- checked edits --------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def _scalar_end(line: str, col: int) -> int | None:
 def replace_value(text: str, path: Path, value: object, template_lines: list[str] | None = None) -> str:
     """Set the value at `path` (which exists). Single-line scalars are edited in place (quotes
     and trailing comment kept); other values replace the key's lines, taken from
-    `template_lines` (the key and its value, at the template's own column) when given."""
+    `template_lines` (the key and its value, written from column 0) when given."""
     root = _load(text)
     flow = _flow_prefix(root, path[:-1]) if len(path) > 1 else None
     expected = _set_in(_plain(root), path, value)
@@ -320,7 +323,7 @@ def replace_value(text: str, path: Path, value: object, template_lines: list[str
         style = lines[vline][vcol] if lines[vline][vcol] in "'\"" else ""
         lines[vline] = lines[vline][:vcol] + _scalar_text(value, style) + lines[vline][end:]
     else:
-        new = (_reindent(template_lines, span.col - _indent(template_lines[0])) if template_lines
+        new = (_shift(template_lines, span.col) if template_lines
                else _render(path[-1], value, span.col, _step(root)))
         lines[span.start:span.end] = [line + cr for line in new]
     return _checked(lines, expected, f"`{'.'.join(path)}`")
@@ -374,7 +377,8 @@ def append_item(text: str, path: Path, value: str, comment: str = "") -> str:
 def insert_key(text: str, path: Path, value: object, template_lines: list[str] | None = None,
                before: str | None = None) -> str:
     """Add the absent key `path` to its (existing) parent mapping, before sibling `before` or
-    after the last one. Lines come from `template_lines` (with their comments) when given."""
+    after the last one. Lines come from `template_lines` (written from column 0, with their
+    comments) when given."""
     root = _load(text)
     parent_path, name = path[:-1], path[-1]
     parent = _node(root, parent_path)
@@ -387,8 +391,7 @@ def insert_key(text: str, path: Path, value: object, template_lines: list[str] |
     keys = [str(k) for k in parent]
     spans = [_span(lines, root, (*parent_path, k)) for k in keys]
     col = spans[0].col
-    new = (_reindent(template_lines, col - _indent(next(l for l in template_lines if l.strip())))
-           if template_lines else _render(name, value, col, _step(root)))
+    new = _shift(template_lines, col) if template_lines else _render(name, value, col, _step(root))
     # siblings separated by blank lines (like the services of prod.yml) get one around the new key
     separated = _is_blank(lines[spans[min(1, len(spans) - 1)].lead - 1])
     if before in keys:
@@ -485,15 +488,19 @@ def _mount_source(mount: str) -> str:
     return mount.split(":")[0]
 
 
-def _gateway_volumes(services: dict, template_volumes: list[str]) -> list[str]:
+def _gateway_volumes(services: dict, template_volumes: list[str]) -> list[str] | None:
     """The gateway's mounts for Traefik: the template's, with the operator's certificate files
-    where the nginx gateway and storage-proxy mounted them; other own mounts kept."""
-    current = [str(m) for m in _service(services, GATEWAY).get("volumes") or []]
+    where the nginx gateway and storage-proxy mounted them; other own mounts kept. None when
+    the operator uses compose's long mount syntax (left alone, shown as drift)."""
+    current = _service(services, GATEWAY).get("volumes") or []
+    proxy = _service(services, STORAGE_PROXY).get("volumes") or []
+    if not all(isinstance(m, str) for m in [*current, *proxy]):
+        return None
     sources = {}
     for (service, nginx_target), traefik_target in NGINX_TO_TRAEFIK.items():
-        for mount in _service(services, service).get("volumes") or []:
-            if _mount_target(str(mount)) == nginx_target:
-                sources[traefik_target] = _mount_source(str(mount))
+        for mount in current if service == GATEWAY else proxy:
+            if _mount_target(mount) == nginx_target:
+                sources[traefik_target] = _mount_source(mount)
     by_target = {_mount_target(m): m for m in current}
     wanted = []
     for mount in template_volumes:
@@ -585,8 +592,7 @@ def _patch_gateway_networks(text: str, alias: str, template_data: dict) -> str:
 
 def _drop_storage_port(text: str, alias: str) -> str:
     """DEPLOYMENTS_AWS_URI without `:9000` when it names the storage host (2.7 serves 443 only)."""
-    deployments = _plain(_load(text))["services"].get(DEPLOYMENTS, {})  # type: ignore[index]
-    env = deployments.get("environment")
+    env = _service(_plain(_load(text))["services"], DEPLOYMENTS).get("environment")  # type: ignore[index,arg-type]
     path = ("services", DEPLOYMENTS, "environment")
     if isinstance(env, dict) and isinstance(env.get("DEPLOYMENTS_AWS_URI"), str):
         fixed = _without_port(env["DEPLOYMENTS_AWS_URI"], alias)
@@ -626,12 +632,13 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
     if alias is None:
         raise StorageAliasNotFound(
             "cannot tell the storage DNS name: prod.yml has no storage-proxy alias and no "
-            "DEPLOYMENTS_AWS_URI host", "pass the name devices use for the artifact storage (e.g. s3.example.com)")
+            "DEPLOYMENTS_AWS_URI host", "add the name devices use for the artifact storage to prod.yml as "
+            "storage-proxy's alias (networks: mender: aliases:), commit, and retry")
     if bare_host(alias) != alias:
         raise StorageAliasNotFound(f"{alias!r} is not a bare DNS name",
                                    "give the host name only, without scheme or port (e.g. s3.example.com)")
     services = _plain(_load(text)).get("services")  # type: ignore[union-attr]
-    if not isinstance(services, dict) or GATEWAY not in services:
+    if not isinstance(services, dict) or not isinstance(services.get(GATEWAY), dict):
         raise ProdYamlError("prod.yml has no mender-api-gateway override",
                             "copy the mender-api-gateway section of the new prod.yml.template into prod.yml")
     template_data = _plain(_load(template, "the template"))

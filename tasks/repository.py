@@ -153,7 +153,7 @@ def open_integration(path: Path) -> git.Repo:
     """The git clone at `path`, which must be the root of an integration work tree."""
     root = Path(path).resolve()
     try:
-        repo = git.Repo(root)
+        repo = git.Repo(root, search_parent_directories=True)
     except (InvalidGitRepositoryError, NoSuchPathError):
         raise NotAnIntegrationClone(f"{root} is not a git clone",
                                     "pass --integration the root of your mendersoftware/integration clone") from None
@@ -167,13 +167,19 @@ def open_integration(path: Path) -> git.Repo:
 
 
 def _status(repo: git.Repo) -> list[str]:
-    out = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=normal")
-    entries = [e for e in out.split("\0") if e]
-    return [e[3:] for e in entries if len(e) > 3]
+    """Paths with uncommitted or untracked changes."""
+    entries = iter(_git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=normal").split("\0"))
+    paths = []
+    for entry in entries:
+        if len(entry) > 3:
+            paths.append(entry[3:])
+            if entry[0] in "RC":  # a rename's source path follows as its own entry
+                next(entries, None)
+    return paths
 
 
 def check_preconditions(repo: git.Repo, branch: str = PRODUCTION_BRANCH) -> None:
-    """The clone is on `branch`, clean, and has a committed production/config/prod.yml."""
+    """The clone is on `branch`, has a committed production/config/prod.yml, and is clean."""
     validate_branch(branch)
     if repo.head.is_detached:
         raise NotOnProductionBranch("HEAD is detached (not on a branch)",
@@ -181,9 +187,6 @@ def check_preconditions(repo: git.Repo, branch: str = PRODUCTION_BRANCH) -> None
     if repo.active_branch.name != branch:
         raise NotOnProductionBranch(f"the clone is on branch {repo.active_branch.name!r}, not {branch!r}",
                                     f"git checkout {branch}, or pass --branch {repo.active_branch.name}")
-    dirty = _status(repo)
-    if dirty:
-        raise DirtyWorkTree(dirty)
     root = Path(repo.working_tree_dir or ".")
     if not (root / PROD_YML).is_file():
         old_layout = (root / "production" / "prod.yml").is_file()
@@ -194,6 +197,9 @@ def check_preconditions(repo: git.Repo, branch: str = PRODUCTION_BRANCH) -> None
             "copy production/config/prod.yml.template to production/config/prod.yml, fill it in, commit it")
     if not _git(repo, "ls-files", "--", PROD_YML):
         raise ProdYmlNotTracked(f"{PROD_YML} is not committed", f"git add {PROD_YML} && git commit")
+    dirty = _status(repo)
+    if dirty:
+        raise DirtyWorkTree(dirty)
 
 
 def fetch_tags(repo: git.Repo) -> None:
@@ -243,7 +249,7 @@ def local_edits(repo: git.Repo, base: str) -> list[str]:
     return sorted(p for p in before if now.get(p) != before[p])
 
 
-def plan(repo: git.Repo, target: str | None = None, branch: str = PRODUCTION_BRANCH) -> UpgradePlan:
+def plan_upgrade(repo: git.Repo, target: str | None = None, branch: str = PRODUCTION_BRANCH) -> UpgradePlan:
     """Check the clone, fetch tags and plan the hops from its current release to `target`."""
     check_preconditions(repo, branch)
     fetch_tags(repo)
@@ -374,7 +380,12 @@ def merge_tag(repo: git.Repo, tag: str, *, base: str | None = None, tag_head: bo
         result.pre_upgrade_tag = f"{PRE_UPGRADE_PREFIX}{base}-to-{tag}-{_utc_stamp(now)}"
         _git(repo, "tag", "-a", result.pre_upgrade_tag, "-m",
              f"State before upgrading Mender {base} -> {tag} (mender-upgrade)", head)
-    _git(repo, "merge", "--ff-only", "--quiet", result.commit)
+    try:
+        _git(repo, "merge", "--ff-only", "--quiet", result.commit)
+    except GitFailed:
+        if result.pre_upgrade_tag:
+            _git(repo, "tag", "-d", result.pre_upgrade_tag)
+        raise
     return result
 
 

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,14 +163,25 @@ class S3Store:
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                                   MultipartUpload={"Parts": parts})
         except BaseException as exc:
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
-            except (BotoCoreError, ClientError):
-                pass  # the server is gone; its parts expire with the upload, nothing of ours completed
+            self._abort(full, upload_id)
             if isinstance(exc, (BotoCoreError, ClientError)):
                 raise self._translate(exc, f"upload {full}") from exc
             raise
         return ObjectReceipt(key=key, size=size, sha256=digest.hexdigest())
+
+    def _abort(self, full: str, upload_id: str, delays: tuple[float, ...] = (0, 1, 2, 4, 8)) -> bool:
+        """Abort a failed multipart upload, waiting out a short outage so no parts are orphaned."""
+        for delay in delays:
+            time.sleep(delay)
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return True
+            except BotoCoreError:
+                continue
+        return False  # still unreachable: a lifecycle rule on the bucket must expire the parts
 
     def read_chunks(self, key: str) -> Iterator[bytes]:
         try:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from tasks.errors import UpgradeError
 
-STABLE_TAG = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+STABLE_TAG = re.compile(r"^(\d+)\.(\d+)\.(\d+)\Z")  # \Z: `$` would accept a trailing newline
 COMPOSE_LINE_END = (3, 8)  # 3.8.x pulls moving `main` images; 4.x is Helm only
 SHORTCUTS = {(3, 3): (3, 6), (3, 4): (3, 6)}  # documented, and it skips 3.5's OpenSearch
 

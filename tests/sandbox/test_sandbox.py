@@ -10,11 +10,11 @@ import docker
 import git
 import pytest
 from botocore.exceptions import ClientError
-from bson.raw_bson import RawBSONDocument
 
 from sandbox import images, stack
 from sandbox.integration_fixture import create_operator_clone
 from sandbox.releases import IGNORED_TAGS, Release, all_fixture_tags
+from tests.sandbox.conftest import mongo_snapshot
 from tasks.containers import compose_services, project_states, run_compose
 
 pytestmark = pytest.mark.sandbox
@@ -49,23 +49,6 @@ def test_pull_is_served_by_the_registry_mirror_under_docker_hub_names(sandbox, t
     assert "library/mongo" in images.registry_catalog()
 
 
-def _snapshot(client) -> dict:
-    """Every non-system database: raw document bytes per collection, and index definitions."""
-    out = {}
-    for db_name in client.list_database_names():
-        if db_name in ("admin", "local", "config"):
-            continue
-        db = client.get_database(db_name)
-        for coll in db.list_collection_names():
-            raw = db.get_collection(coll).with_options(codec_options=db.codec_options.with_options(
-                document_class=RawBSONDocument))
-            docs = sorted(bytes(d.raw) for d in raw.find())
-            idx = sorted((i["name"], tuple(i["key"].items()), i.get("unique", False),
-                          i.get("expireAfterSeconds")) for i in db.get_collection(coll).list_indexes())
-            out[f"{db_name}.{coll}"] = (docs, idx)
-    return out
-
-
 def test_mongodump_archive_roundtrips_the_seed_exactly(sandbox):
     mongo_id = project_states(sandbox.client)["mender-mongo"].container_id
     scratch = sandbox.client.containers.run("mongo:4.4", detach=True, labels={stack.SANDBOX_LABEL: "scratch"})
@@ -82,7 +65,7 @@ def test_mongodump_archive_roundtrips_the_seed_exactly(sandbox):
         assert proc.returncode == 0, proc.stderr
         from pymongo import MongoClient
         with sandbox.mongo() as src, MongoClient(f"mongodb://{address}:27017/", serverSelectionTimeoutMS=10000) as dst:
-            before, after = _snapshot(src), _snapshot(dst)
+            before, after = mongo_snapshot(src), mongo_snapshot(dst)
         assert "deviceauth-5f1a2b3c4d5e6f7a8b9c0d1e.auth_sets" in before
         assert sum(len(docs) for docs, _ in before.values()) > 200
         assert after == before

@@ -121,10 +121,15 @@ class Server:
             self._client = pymongo.MongoClient(self.uri, directConnection=True, serverSelectionTimeoutMS=10000)
         return self._client
 
-    def stop(self) -> int | None:
+    def close_client(self) -> None:
+        # before SIGTERM: pymongo's close() sends endSessions and would wait
+        # for server selection against a server that is going away
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def stop(self) -> int | None:
+        self.close_client()
         if self.proc is None:
             return None
         if self.proc.poll() is not None:
@@ -151,6 +156,8 @@ def start_servers(*servers: Server) -> list[Server]:
 
 
 def stop_servers(*servers: Server) -> None:
+    for s in servers:
+        s.close_client()
     for s in servers:  # SIGTERM all first, then wait: shutdowns overlap
         if s.proc is not None and s.proc.poll() is None and not s.signalled:
             s.proc.send_signal(signal.SIGTERM)
@@ -243,7 +250,7 @@ def seed(client) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("mongo-standin")
-    names = ("source", "roundtrip", "nsinclude", "drop", "scratch")
+    names = ("source", "roundtrip", "nsinclude", "scratch")
     started = {name: Server(root / name) for name in names}
     try:
         start_servers(*started.values())
@@ -556,7 +563,8 @@ def test_restore_ns_include(servers, archive_file, seeded):
 
 
 def test_restore_drop_replaces_existing_data(servers, archive_file, seeded):
-    dst, src = servers["drop"], servers["source"]
+    dst, src = servers["scratch"], servers["source"]
+    dst.client.drop_database("inventory")
     source_docs = raw_docs(src.client, "inventory", "devices")
     first = bson.decode(source_docs[0])
     coll = dst.client["inventory"].devices
@@ -582,6 +590,7 @@ def test_restore_drop_replaces_existing_data(servers, archive_file, seeded):
     assert f"{seeded['inventory.devices']} document(s) restored successfully. 0 document(s) failed" in err
     assert coll.find_one({"_id": "extra-1"}) is None
     assert raw_docs(dst.client, "inventory", "devices") == source_docs
+    dst.client.drop_database("inventory")
 
 
 def test_restore_rejects_truncated_and_corrupt_archives(servers, archive_file, tmp_path):

@@ -283,3 +283,13 @@ def test_plain_scalars_that_yaml_11_would_misread_are_quoted() -> None:
 def test_invalid_yaml_is_an_error_naming_the_file() -> None:
     with pytest.raises(ProdYamlError, match="prod.yml is not valid YAML"):
         find_storage_alias("services:\n  a: [\n")
+
+
+def test_long_syntax_mounts_are_left_alone() -> None:
+    text = operator_file("2.6.4").replace(
+        "            - ./production/keys-generated/certs/api-gateway/cert.crt:/var/www/mendersoftware/cert/cert.crt:ro\n",
+        "            - type: bind\n              source: ./production/keys-generated/certs/api-gateway/cert.crt\n"
+        "              target: /var/www/mendersoftware/cert/cert.crt\n")
+    gateway = yaml.safe_load(patch_storage_alias(text, template("2.7.2")))["services"]["mender-api-gateway"]
+    assert gateway["volumes"][0]["type"] == "bind" and len(gateway["volumes"]) == 2
+    assert gateway["networks"] == {"mender": {"aliases": [ALIAS]}}

@@ -40,6 +40,9 @@ def test_allowed_paths(current, target, hops):
     ("2.6.4", "saas-v2023.01.01", "not a stable release tag"),
     ("2.6.4", "3.0.0; rm -rf /", "not a stable release tag"),
     ("2.6.4", "--upload-pack=x", "not a stable release tag"),
+    ("2.6.4", "2.7.2\n", "not a stable release tag"),
+    ("3.8.5", None, "already past the docker-compose production line"),
+    ("3.8.0", "3.8.5", "already past the docker-compose production line"),
 ])
 def test_refusals_say_why_and_the_allowed_way(current, target, words):
     plan = plan_upgrade_path(current, TAGS, target)

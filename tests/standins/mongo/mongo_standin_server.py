@@ -766,16 +766,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         return fatal(20574, "Error during global initialization", str(err), EXIT_BADOPTIONS)
 
-    try:
-        import mongoeco
-    except ImportError as err:
-        return fatal(20574, "Error during global initialization", f"mongoeco not importable: {err}", 1)
-    if mongoeco.__version__ != MONGOECO_PIN and os.environ.get("STANDIN_ALLOW_UNTESTED_MONGOECO") != "1":
-        return fatal(
-            20574, "Error during global initialization",
-            f"mongoeco {mongoeco.__version__} found, shims are written for {MONGOECO_PIN}", 1,
-        )
-
     log("I", "CONTROL", 4615611, "MongoDB starting (mongo-standin)", pid=os.getpid(), port=args.port,
         dbPath=args.dbpath, host=socket.gethostname())
     log("I", "CONTROL", 23403, "Build Info", buildInfo={"version": server.version, "standin": "mongoeco " + MONGOECO_PIN})
@@ -810,6 +800,16 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             return fatal(20573, "Wrong mongod version", problem, EXIT_NEED_UPGRADE)
 
+        # mongoeco is imported only now (~1 s): refusals above stay fast
+        try:
+            import mongoeco
+        except ImportError as err:
+            return fatal(20574, "Error during global initialization", f"mongoeco not importable: {err}", 1)
+        if mongoeco.__version__ != MONGOECO_PIN and os.environ.get("STANDIN_ALLOW_UNTESTED_MONGOECO") != "1":
+            return fatal(
+                20574, "Error during global initialization",
+                f"mongoeco {mongoeco.__version__} found, shims are written for {MONGOECO_PIN}", 1,
+            )
         apply_module_shims()
         admin = StandinAdmin(server, fcv_store, fcv)
         return asyncio.run(serve(args, server, admin))

@@ -1,0 +1,164 @@
+"""Backup -> verify -> restore, the drill, retention and the fault cases, on the sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sandbox import stack
+from tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups
+from tasks.containers import project_states, wait_until_healthy
+from tasks.restore import restore_backup, restore_drill
+from tasks.settings import BackupSettings
+from tasks.store import LocalStore, StoreAccessDenied, StoreFull, StoreUnreachable
+from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot, started_at
+from tests.sandbox.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.sandbox
+
+
+def _backup(sandbox, store, **kw) -> Manifest:
+    return ensure_verified_backup(sandbox.client, sandbox.integration, store, log=lambda m: None, **kw)
+
+
+def test_backup_verify_restore_roundtrips_everything(sandbox, s3_settings):
+    store = s3_settings.open_store()
+    with sandbox.mongo() as m:
+        before_db = mongo_snapshot(m)
+    before_files = artifact_snapshot(sandbox)
+    manifest = _backup(sandbox, store)
+
+    assert manifest.verified and manifest.mode == "quiesce"
+    assert manifest.integration_version == "2.6.4" and len(manifest.git_sha) == 40
+    assert manifest.mongo_version.startswith("4.4") and manifest.feature_compatibility_version == "4.4"
+    assert {o.name for o in manifest.objects} == {"mender-mongo", "mender-artifacts", "mender-db"}
+    assert manifest.counts["deviceauth"]["devices"] == len(before_db["deviceauth.devices"][0])
+    assert "mender-deployments" in manifest.image_digests
+    stored = Manifest.from_json(store.get_bytes(manifest.key))
+    assert stored.verified and stored.objects == manifest.objects
+
+    # Damage production: drop documents, add one, delete and change artifact files.
+    with sandbox.mongo() as m:
+        m.deviceauth.devices.delete_many({"status": "accepted"})
+        m.inventory.devices.insert_one({"_id": "intruder"})
+        m.drop_database("deployment_service")
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    minio.exec_run(["sh", "-c", "rm -rf /export/.minio.sys && echo x > /export/mender-artifact-storage/release-1.mender "
+                    "&& echo new > /export/stray"])
+    assert artifact_snapshot(sandbox) != before_files
+
+    restore_backup(sandbox.client, sandbox.integration, store, manifest, stability_window=2, log=lambda m: None)
+    with sandbox.mongo() as m:
+        assert mongo_snapshot(m) == before_db
+    assert artifact_snapshot(sandbox) == before_files
+
+
+def test_drill_restores_elsewhere_and_leaves_production_untouched(sandbox, s3_settings):
+    store = s3_settings.open_store()
+    manifest = _backup(sandbox, store, mode="hot")
+    with sandbox.mongo() as m:
+        before_db = mongo_snapshot(m)
+    before_start = started_at(sandbox)
+    image = sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id).attrs["Config"]["Image"]
+    report = restore_drill(sandbox.client, store, manifest, image, log=lambda m: None)
+    assert report.passed, report.differences
+    assert report.collections_checked > 10 and report.files_checked >= 4
+    with sandbox.mongo() as m:
+        assert mongo_snapshot(m) == before_db
+    assert started_at(sandbox) == before_start
+    assert sandbox.client.containers.list(all=True, filters={"label": "org.mender-upgrade.drill"}) == []
+    assert [v for v in sandbox.client.volumes.list() if v.name.startswith("mender-upgrade-drill-")] == []
+
+
+def test_quiesce_restarts_writers_and_hot_stops_nothing(sandbox, tmp_path):
+    store = LocalStore(tmp_path / "backups")
+    before = started_at(sandbox)
+    manifest = _backup(sandbox, store, mode="hot")
+    assert manifest.mode == "hot" and started_at(sandbox) == before
+    _backup(sandbox, store, mode="quiesce")
+    after = started_at(sandbox)
+    restarted = {s for s in before if before[s] != after[s]}
+    assert restarted == {"mender-deployments", "mender-device-auth", "mender-inventory", "mender-useradm",
+                         "mender-workflows-server"}
+    wait_until_healthy(sandbox.client, list(after), timeout=60, stability_window=0)
+
+
+def test_retention_keeps_the_newest_verified(sandbox, tmp_path):
+    store = LocalStore(tmp_path / "backups")
+    ids = [_backup(sandbox, store, mode="hot", keep_last=2).backup_id for _ in range(3)]
+    assert [m.backup_id for m in list_backups(store)] == ids[1:]
+    assert prune_backups(store, keep_last=1) == [ids[1]]
+    assert [m.backup_id for m in list_backups(store)] == [ids[2]]
+
+
+def test_unreachable_s3_fails_before_stopping_anything(sandbox, s3_settings):
+    settings = s3_settings.model_copy(update={"endpoint_url": "http://127.0.0.1:1"})
+    before = started_at(sandbox)
+    with pytest.raises(StoreUnreachable) as err:
+        _backup(sandbox, settings.open_store())
+    assert "127.0.0.1:1" in str(err.value)
+    assert started_at(sandbox) == before
+
+
+def test_wrong_credentials_name_endpoint_and_bucket_not_the_secret(sandbox, s3_settings):
+    wrong = "definitely-not-the-secret-123"
+    settings = s3_settings.model_copy(update={"secret_access_key": wrong})
+    with pytest.raises(StoreAccessDenied) as err:
+        _backup(sandbox, BackupSettings.model_validate(settings.model_dump() | {"secret_access_key": wrong}).open_store())
+    text = str(err.value)
+    assert sandbox.s3.url in text and sandbox.s3.bucket in text
+    assert wrong not in text and sandbox.s3.secret_key not in text
+
+
+def test_s3_cut_mid_upload_aborts_parts_and_restarts_services(sandbox, s3_settings):
+    from sandbox.s3 import S3_PORT
+    # Enough data that the volume upload is still running when the connection is cut.
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    minio.exec_run(["sh", "-c", "head -c 48000000 /dev/urandom > /export/filler.bin"])
+    proxy = FaultProxy(S3_PORT, cut_after_bytes=30_000_000, outage_s=5)
+    try:
+        settings = s3_settings.model_copy(update={"endpoint_url": proxy.url})
+        with pytest.raises(StoreUnreachable):
+            _backup(sandbox, settings.open_store())
+        assert proxy.cuts == 1
+    finally:
+        proxy.close()
+        minio.exec_run(["rm", "-f", "/export/filler.bin"])
+    direct = s3_settings.open_store()
+    assert direct.pending_uploads() == []          # no orphaned multipart parts
+    assert list_backups(direct) == []              # nothing looks like a backup
+    states = project_states(sandbox.client)
+    wait_until_healthy(sandbox.client, list(states), timeout=60, stability_window=0)
+
+
+def test_full_local_target_removes_the_partial_file(sandbox, tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        with pytest.raises(StoreFull) as err:
+            _backup(sandbox, LocalStore(mount / "backups"), mode="hot")
+        assert "full" in str(err.value)
+        leftovers = [p for p in (mount / "backups").rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name.endswith(".partial")]
+        assert not [p for p in leftovers if p.name == "manifest.json"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_failing_mongodump_leaves_no_complete_object(sandbox, s3_settings):
+    # A mongo container whose server never started: the real CLI path, mongodump fails to connect.
+    dead = sandbox.client.containers.run("mongo:4.4", entrypoint=["sleep", "300"], detach=True,
+                                         labels={stack.SANDBOX_LABEL: "dead-mongo"})
+    store = s3_settings.open_store()
+    try:
+        with pytest.raises(DumpFailed) as err:
+            dump_mongo_to_store(dead.id, store, "x/mongo.archive.gz")
+        assert "exited" in str(err.value)
+    finally:
+        dead.remove(force=True)
+    assert store.list_keys("") == []
+    assert store.pending_uploads() == []
