@@ -23,6 +23,9 @@ OLD_CLIENT_VERSIONS = ["1.6.1", "1.7.0"]
 CLIENT_VERSIONS = ["1.6.1", "1.7.0", "1.7.1", "2.6.0", "3.4.0"]
 BIG_ARTIFACT_BYTES = 6 * 1024 * 1024
 EPOCH = datetime(2023, 4, 1, tzinfo=timezone.utc)
+# Far future: the tokens collection has a TTL index, and a real server (and the stand-in)
+# deletes expired documents.
+TOKEN_EXPIRY = datetime(2099, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass
@@ -75,7 +78,7 @@ def _auth_set(rng: random.Random, device: dict, status: str, tenant: str | None)
 
 
 def _token(auth_set: dict, tenant: str | None) -> dict:
-    doc = {"_id": auth_set["_id"], "sub": auth_set["device_id"], "exp": {"time": EPOCH + timedelta(days=7)},
+    doc = {"_id": auth_set["_id"], "sub": auth_set["device_id"], "exp": {"time": TOKEN_EXPIRY},
            "iss": "Mender", "scp": "mender.*"}
     if tenant is not None:
         doc["tenant_id"] = tenant
