@@ -18,8 +18,9 @@ console = Console()
 
 def _register_areas() -> None:
     # Each area's commands live in their own module (one module per command area).
-    from flows import cli_repo
+    from flows import cli_cleanup, cli_repo
     cli_repo.register(app)
+    cli_cleanup.register(app)
 
 
 def _fail(exc: Exception) -> None:

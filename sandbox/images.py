@@ -218,14 +218,31 @@ def mirror_name(image: str) -> str:
 
 def publish_to_mirror(client: docker.DockerClient, images: list[str], log=print) -> None:
     """Push each image under its Docker Hub path to the local registry (the dockerd mirror)."""
+    pushed = 0
     for image in images:
         target = mirror_name(image)
+        if _mirror_has(target, client.images.get(image).id):
+            continue
+        pushed += 1
         client.images.get(image).tag(target)
         for line in client.images.push(target, stream=True, decode=True):
             if "error" in line:
                 raise SandboxError(f"pushing {target} failed: {line['error']}")
         client.images.remove(target, noprune=True)
-    log(f"published {len(images)} images to the registry mirror")
+    log(f"published {pushed} of {len(images)} images to the registry mirror (the rest were there)")
+
+
+def _mirror_has(target: str, image_id: str) -> bool:
+    """The registry already serves `target` with this image's config (same image id)."""
+    import urllib.request
+    repo, tag = target.split("/", 1)[1].rsplit(":", 1)
+    request = urllib.request.Request(f"http://127.0.0.1:{REGISTRY_PORT}/v2/{repo}/manifests/{tag}",
+                                     headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return json.load(r).get("config", {}).get("digest") == image_id
+    except OSError:
+        return False
 
 
 def registry_catalog() -> list[str]:

@@ -87,7 +87,7 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     integration = create_operator_clone(upstream, home.run / "operator" / "integration", version)
     for name in EXTERNAL_VOLUMES:
         client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
-    home.write_state(version=version, upstream=str(upstream), integration=str(integration))
+    home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False)
     log(f"starting Mender {version} with the clone's own ./run up -d")
     run_compose(integration, ["up", "-d"])
     services = compose_services(integration)
@@ -106,6 +106,11 @@ def seed(sandbox: Sandbox) -> SeedSummary:
     minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
     summary.artifacts = seed_artifacts(minio)
     return summary
+
+
+def mark_dirty(sandbox: Sandbox) -> None:
+    """Tell the test fixtures this sandbox was changed (upgraded, rolled back) and needs a fresh up."""
+    sandbox.home.write_state(dirty=True)
 
 
 def attach(home: SandboxHome | None = None) -> Sandbox:

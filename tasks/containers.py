@@ -70,9 +70,15 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
     return states
 
 
+@dataclass(frozen=True)
+class HealthResult:
+    states: dict[str, ServiceState]
+    healthy_at: float  # time.monotonic() when every service was first healthy (stability window excluded)
+
+
 def wait_until_healthy(client: docker.DockerClient, services: list[str], *, project: str = PROJECT,
                        timeout: float = 300, stability_window: float = 20,
-                       poll: float = 1.0) -> dict[str, ServiceState]:
+                       poll: float = 0.5) -> HealthResult:
     """Block until every service runs, is healthy where it has a healthcheck, and stays so
     (same container, same restart count) for `stability_window` seconds."""
     deadline = time.monotonic() + timeout
@@ -83,11 +89,13 @@ def wait_until_healthy(client: docker.DockerClient, services: list[str], *, proj
         ready = all(s in states and states[s].ok for s in services)
         fingerprint = {s: (states[s].container_id, states[s].restart_count) for s in services if s in states}
         now = time.monotonic()
-        if ready and fingerprint == baseline and stable_since is not None:
+        if ready and stable_since is not None and fingerprint == baseline:
             if now - stable_since >= stability_window:
-                return states
+                return HealthResult(states, stable_since)
         elif ready:
             stable_since, baseline = now, fingerprint
+            if stability_window <= 0:
+                return HealthResult(states, stable_since)
         else:
             stable_since, baseline = None, {}
         if now >= deadline:
@@ -96,3 +104,38 @@ def wait_until_healthy(client: docker.DockerClient, services: list[str], *, proj
             raise HealthGateFailed(f"services not healthy after {timeout:.0f} s: {bad}",
                                    "see `./run logs <service>` for the failing services")
         time.sleep(poll)
+
+
+@dataclass
+class CycleReport:
+    services: dict[str, str]  # service -> final "status/health (image)"
+    downtime_s: float
+    step_seconds: dict[str, float]
+
+
+def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
+                     health_timeout: float = 300, stability_window: float = 20,
+                     log=lambda message: None) -> CycleReport:
+    """stop, rm -f, up -d --remove-orphans through the operator's ./run, then the health gate.
+
+    Pull first (`pull_images`): it needs no downtime. Downtime runs from the first stop until
+    every service is healthy; services removed upstream (storage-proxy in 2.7) go as orphans."""
+    services = compose_services(integration)
+    steps: dict[str, float] = {}
+    start = time.monotonic()
+    for name, args in [("stop", ["stop"]), ("rm", ["rm", "-f"]), ("up", ["up", "-d", "--remove-orphans"])]:
+        log(f"./run {' '.join(args)}")
+        t = time.monotonic()
+        run_compose(integration, args)
+        steps[name] = time.monotonic() - t
+    t = time.monotonic()
+    health = wait_until_healthy(client, services, project=project, timeout=health_timeout,
+                                stability_window=stability_window)
+    steps["health"] = time.monotonic() - t
+    return CycleReport({s: f"{st.status}/{st.health or '-'} ({st.image})" for s, st in health.states.items()},
+                       downtime_s=health.healthy_at - start, step_seconds=steps)
+
+
+def pull_images(integration: Path, timeout: float = 1800) -> None:
+    """`./run pull`: fetch the new images while the old version still serves."""
+    run_compose(integration, ["pull"], timeout=timeout)

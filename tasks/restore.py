@@ -105,6 +105,24 @@ def compare_counts(expected: dict[str, dict[str, int]], actual: dict[str, dict[s
     return diffs
 
 
+def drop_newer_than_backup(client, counts: dict[str, dict[str, int]]) -> list[str]:
+    """Drop databases and collections the backup does not have (made by a newer release's
+    migrations): `mongorestore --drop` only replaces what the archive holds."""
+    dropped = []
+    for db_name in client.list_database_names():
+        if db_name in mongo_mod.SYSTEM_DATABASES:
+            continue
+        if db_name not in counts:
+            client.drop_database(db_name)
+            dropped.append(db_name)
+            continue
+        for coll in client[db_name].list_collection_names():
+            if coll not in counts[db_name]:
+                client[db_name].drop_collection(coll)
+                dropped.append(f"{db_name}.{coll}")
+    return dropped
+
+
 def restore_backup(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest, *,
                    project: str = PROJECT, health_timeout: float = 300, stability_window: float = 5,
                    log: Callable[[str], None] = print, progress: Progress | None = None) -> None:
@@ -117,6 +135,9 @@ def restore_backup(client: docker.DockerClient, integration: Path, store: Backup
     log(f"stopping {', '.join(others)}")
     run_compose(integration, ["stop", *others])
     try:
+        with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
+            for name in drop_newer_than_backup(m, manifest.counts):
+                log(f"dropped {name}: created after the backup")
         for obj in manifest.objects:
             log(f"restoring {obj.kind} {obj.name}")
             if obj.kind == "mongo":

@@ -9,6 +9,8 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+BASE_VERSION = "2.6.4"
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Tests marked `last` tear shared state down; they must run after everything else.
@@ -20,10 +22,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def sandbox():
-    """The sandbox at Mender 2.6.4, healthy and seeded; removed when the session ends."""
+def _sandbox_session():
     from sandbox import stack
 
-    sb = stack.up("2.6.4")
+    sb = stack.up(BASE_VERSION)
     yield sb
     stack.down()
+
+
+@pytest.fixture
+def sandbox(_sandbox_session):
+    """The sandbox at Mender 2.6.4, healthy and seeded; brought back to that state first when a
+    test before changed the version or marked it dirty; removed when the session ends."""
+    from sandbox import stack
+
+    state = _sandbox_session.home.read_state()
+    if state.get("dirty") or state.get("version") != BASE_VERSION:
+        return stack.up(BASE_VERSION)
+    return stack.attach(_sandbox_session.home)

@@ -1,0 +1,59 @@
+"""Put the server back on the old version with its data, after a failed container cycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker
+import git
+
+from tasks import mongo as mongo_mod
+from tasks.backup import Manifest
+from tasks.containers import PROJECT, compose_services, run_compose, wait_until_healthy
+from tasks.errors import UpgradeError
+from tasks.restore import restore_backup
+from tasks.store import BackupStore
+
+FAILED_PREFIX = "failed-upgrade/"
+
+
+class RollbackFailed(UpgradeError):
+    """The rollback itself failed; the message says where the server was left."""
+
+
+@dataclass
+class RollbackReport:
+    reset_to: str
+    failed_tag: str
+    backup_id: str
+    services: list[str]
+
+
+def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest,
+              pre_upgrade_tag: str, *, project: str = PROJECT, health_timeout: float = 300,
+              stability_window: float = 5, log: Callable[[str], None] = print) -> RollbackReport:
+    """Reset the branch to `pre_upgrade_tag` (the failed attempt stays under a failed-upgrade/
+    tag), bring the old version up, restore this run's verified backup, pass the health gate."""
+    repo = git.Repo(integration)
+    failed_tag = FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
+    try:
+        repo.git.tag("-a", failed_tag, "-m", "Failed upgrade attempt kept for diagnosis (mender-upgrade)", "HEAD")
+        log("stopping the new version")
+        run_compose(integration, ["stop"])
+        run_compose(integration, ["rm", "-f"])
+        log(f"resetting the production branch to {pre_upgrade_tag}")
+        repo.git.reset("--hard", "--quiet", f"refs/tags/{pre_upgrade_tag}")
+        log("starting the old version")
+        run_compose(integration, ["up", "-d", "--remove-orphans"])
+        mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
+        restore_backup(client, integration, store, manifest, project=project, health_timeout=health_timeout,
+                       stability_window=stability_window, log=log)
+        services = compose_services(integration)
+        wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window)
+    except (UpgradeError, git.GitCommandError) as exc:
+        raise RollbackFailed(f"rollback to {pre_upgrade_tag} failed: {exc}",
+                             f"restore by hand: `git reset --hard {pre_upgrade_tag}`, `./run up -d`, then "
+                             f"`mender-upgrade restore --manifest {store.uri}/{manifest.key}`") from exc
+    return RollbackReport(pre_upgrade_tag, failed_tag, manifest.backup_id, services)

@@ -1,0 +1,108 @@
+"""The container cycle through the operator's ./run: health gate, downtime, orphans, MongoDB
+major hops and automatic rollback, on the sandbox."""
+
+from __future__ import annotations
+
+import git
+import pytest
+
+from sandbox import stack
+from sandbox.integration_fixture import add_broken_release
+from sandbox.releases import BROKEN_VERSION, Release
+from tasks.backup import ensure_verified_backup
+from tasks.containers import cycle_containers, project_states, pull_images
+from tasks.errors import HealthGateFailed
+from tasks.mongo import server_info
+from tasks.mongo_upgrade import MongoHopRefused, check_mongo_hop, cpu_has_avx, finish_mongo_hop
+from tasks.repository import fetch_tags, open_integration, update_repository
+from tasks.rollback import roll_back
+from tasks.store import LocalStore
+from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
+
+pytestmark = pytest.mark.sandbox
+
+
+def _merge_and_pull(sandbox, target: str) -> str:
+    repo = open_integration(sandbox.integration)
+    fetch_tags(repo)
+    [hop] = update_repository(repo, [target])
+    pull_images(sandbox.integration)
+    return hop.merge.pre_upgrade_tag
+
+
+def _images(sandbox) -> dict[str, str]:
+    return {s: st.image for s, st in project_states(sandbox.client).items()}
+
+
+def test_good_upgrade_removes_the_storage_proxy_orphan_and_records_downtime(sandbox):
+    stack.mark_dirty(sandbox)
+    with sandbox.mongo() as m:
+        before = mongo_snapshot(m)
+    assert "storage-proxy" in _images(sandbox)
+    _merge_and_pull(sandbox, "2.7.2")
+    report = cycle_containers(sandbox.client, sandbox.integration, health_timeout=120, stability_window=3)
+    assert _images(sandbox) == Release("2.7.2").images()  # storage-proxy gone, traefik gateway
+    assert all(state.startswith("running/healthy") for state in report.services.values()), report.services
+    assert 0 < report.downtime_s < 120
+    assert set(report.step_seconds) == {"stop", "rm", "up", "health"}
+    with sandbox.mongo() as m:
+        assert mongo_snapshot(m) == before
+
+
+def test_broken_release_rolls_back_to_old_version_with_the_backed_up_data(sandbox, tmp_path):
+    stack.mark_dirty(sandbox)
+    store = LocalStore(tmp_path / "backups")
+    manifest = ensure_verified_backup(sandbox.client, sandbox.integration, store, log=lambda m: None)
+    with sandbox.mongo() as m:
+        before_db = mongo_snapshot(m)
+    before_files = artifact_snapshot(sandbox)
+    add_broken_release(sandbox.upstream)
+    pre_tag = _merge_and_pull(sandbox, BROKEN_VERSION)
+    with pytest.raises(HealthGateFailed) as err:
+        cycle_containers(sandbox.client, sandbox.integration, health_timeout=25, stability_window=2)
+    assert "mender-deployments" in str(err.value)
+    # The new version's services "migrated" data before failing: the rollback must undo it.
+    with sandbox.mongo() as m:
+        m.deviceauth.devices.update_many({}, {"$set": {"schema": "2.7.3"}})
+        m.migrations.versions.insert_one({"_id": "2.7.3"})
+
+    report = roll_back(sandbox.client, sandbox.integration, store, manifest, pre_tag, stability_window=2,
+                       log=lambda m: None)
+
+    repo = git.Repo(sandbox.integration)
+    assert repo.active_branch.name == "production" and not repo.is_dirty(untracked_files=True)
+    assert repo.head.commit == repo.tags[pre_tag].commit
+    assert report.failed_tag in [t.name for t in repo.tags]
+    assert _images(sandbox) == Release("2.6.4").images()
+    assert all(st.ok for st in project_states(sandbox.client).values())
+    with sandbox.mongo() as m:
+        assert mongo_snapshot(m) == before_db
+    assert artifact_snapshot(sandbox) == before_files
+
+
+def test_mongo_44_to_50_hop_sets_fcv_after_the_new_stack_is_healthy(sandbox):
+    sb = stack.up("3.6.5", log=lambda m: None)
+    with sb.mongo() as m:
+        before = mongo_snapshot(m)
+        info = server_info(m)
+    assert info.version.startswith("4.4") and info.feature_compatibility_version == "4.4"
+    check_mongo_hop("4.4", "5.0", info.feature_compatibility_version, has_avx=cpu_has_avx())
+    _merge_and_pull(sb, "3.7.11")
+    cycle_containers(sb.client, sb.integration, health_timeout=120, stability_window=3)
+    with sb.mongo() as m:
+        assert server_info(m).version.startswith("5.0")
+        assert server_info(m).feature_compatibility_version == "4.4"  # not yet: new binary, old FCV
+        assert finish_mongo_hop(m, "5.0") == "5.0"
+        assert mongo_snapshot(m) == before
+    assert _images(sb)["mender-mongo"] == "mongo:5.0"
+
+
+def test_mongo_hop_refused_before_anything_stops_when_fcv_is_behind(sandbox):
+    sb = stack.up("3.6.5", log=lambda m: None)
+    with sb.mongo() as m:
+        m.admin.command({"setFeatureCompatibilityVersion": "4.2"})
+        fcv = server_info(m).feature_compatibility_version
+    with pytest.raises(MongoHopRefused) as err:
+        check_mongo_hop("4.4", "5.0", fcv, has_avx=True)
+    assert "featureCompatibilityVersion is 4.2" in str(err.value)
+    assert "setFeatureCompatibilityVersion" in err.value.hint
