@@ -18,9 +18,10 @@ console = Console()
 
 def _register_areas() -> None:
     # Each area's commands live in their own module (one module per command area).
-    from flows import cli_cleanup, cli_repo
+    from flows import cli_cleanup, cli_repo, cli_upgrade
     cli_repo.register(app)
     cli_cleanup.register(app)
+    cli_upgrade.register(app)
 
 
 def _fail(exc: Exception) -> None:
@@ -69,12 +70,6 @@ def sandbox_status(as_json: bool = typer.Option(False, "--json")) -> None:
         console.print_json(json.dumps(info))
     else:
         _print_status(info)
-
-
-@app.command()
-def demo(version: str = typer.Option("2.6.4", help="old Mender release the sandbox starts with")) -> None:
-    """The embedded default: bring the sandbox up at an old release and show its state."""
-    sandbox_up(version)
 
 
 _register_areas()

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tasks.errors import UpgradeError
 from tasks.settings import BackupSettings
-from tasks.store import BackupStore, LocalStore
+from tasks.store import BackupStore, LocalStore, parse_target
 
 if TYPE_CHECKING:
     from tasks import cleanup
@@ -102,6 +102,7 @@ def cleanup_command(
     try:
         if apply and restore:
             raise UpgradeError("--apply and --restore exclude each other", "run one, then the other")
+        parse_target(backup_target)  # a wrong target is named before anything is read
         backup = BackupSettings(target=backup_target, endpoint_url=s3_endpoint)
         with cleanup.open_mongo(_mongo_url(mongo_url, project)) as client:
             if restore:

@@ -113,6 +113,12 @@ class Scope:
     def filter(self) -> dict:
         return {"tenant_id": self.tenant_id} if self.tenant_field else {}
 
+    def filter_for(self, collection: str) -> dict:
+        # Tokens carry the tenant as the `mender.tenant` claim, not `tenant_id` (deviceauth's 2.0.0
+        # migration adds tenant_id to devices and auth sets only); their _id is the auth set's,
+        # unique in the collection, so they are matched by _id alone, as upstream deletes them.
+        return {} if collection == "tokens" else self.filter
+
     @property
     def tenant_label(self) -> str:
         return self.tenant_id or "(default)"
@@ -135,7 +141,7 @@ def detect_layout(client: MongoClient) -> Layout:
     if DEVICEAUTH in databases:
         db = client[DEVICEAUTH]
         with _mongo_errors("inspect deviceauth"):
-            if any(db[c].find_one({"tenant_id": {"$exists": True}}, {"_id": 1}) for c in COLLECTIONS):
+            if any(db[c].find_one({"tenant_id": {"$exists": True}}, {"_id": 1}) for c in ("devices", "auth_sets")):
                 return Layout.TENANT_FIELD
     return Layout.PER_TENANT_DATABASES
 
@@ -253,7 +259,7 @@ def _fetch_raw(db, collection: str, scope: Scope, ids: list[Any]) -> list[RawBSO
     coll = db.get_collection(collection, codec_options=RAW)
     found: dict[Any, RawBSONDocument] = {}
     for batch in _batches(ids):
-        for doc in coll.find({**scope.filter, "_id": {"$in": batch}}):
+        for doc in coll.find({**scope.filter_for(collection), "_id": {"$in": batch}}):
             found[_key(doc["_id"])] = doc
     return [found[_key(i)] for i in ids if _key(i) in found]  # in the order found
 
@@ -368,7 +374,7 @@ def delete_leftovers(client: MongoClient, leftovers: Leftovers, batch_size: int 
             for collection in DELETE_ORDER:
                 ns = f"{s.scope.database}.{collection}"
                 for batch in _batches(s.ids(collection), batch_size):
-                    result = db[collection].delete_many({**s.scope.filter, "_id": {"$in": batch}})
+                    result = db[collection].delete_many({**s.scope.filter_for(collection), "_id": {"$in": batch}})
                     deleted[ns] = deleted.get(ns, 0) + result.deleted_count
     return deleted
 
@@ -452,10 +458,12 @@ def read_saved(store: BackupStore, key: str) -> tuple[dict, list[RawBSONDocument
     manifest_key = key.rsplit("/", 1)[0] + "/" + MANIFEST_OBJECT if "/" in key else MANIFEST_OBJECT
     try:
         manifest = json.loads(store.get_bytes(manifest_key))
-    except FileNotFoundError:
-        raise UpgradeError(f"no {MANIFEST_OBJECT} beside {key} in {store.uri}: its SHA-256 cannot be checked",
-                           "give the path of a saved cleanup folder's leftovers.bson or manifest.json") from None
-    data = store.get_bytes(key)
+        data = store.get_bytes(key)
+    except FileNotFoundError as exc:
+        raise UpgradeError(f"{exc.filename} not found: a saved copy needs both {LEFTOVERS_OBJECT} and "
+                           f"{MANIFEST_OBJECT} (its SHA-256)",
+                           "give a local path to either file of a cleanup/<run-id>/ folder, or its key in "
+                           "--backup-target") from None
     sha = hashlib.sha256(data).hexdigest()
     if sha != manifest["sha256"] or len(data) != manifest["size"]:
         raise ChecksumMismatch(f"{store.uri}/{key} has sha256 {sha[:12]}… ({len(data)} bytes), the manifest "

@@ -28,3 +28,14 @@ class ComposeCommandFailed(UpgradeError):
 
 class HealthGateFailed(UpgradeError):
     """Services did not all become running, healthy and stable in time."""
+
+
+def retry_on_transient(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only what may pass by itself (network, daemon)."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:
+        return False
+    return False

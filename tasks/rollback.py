@@ -57,3 +57,8 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
                              f"restore by hand: `git reset --hard {pre_upgrade_tag}`, `./run up -d`, then "
                              f"`mender-upgrade restore --manifest {store.uri}/{manifest.key}`") from exc
     return RollbackReport(pre_upgrade_tag, failed_tag, manifest.backup_id, services)
+
+
+def reset_branch(integration: Path, tag: str) -> None:
+    """Undo merges that were never deployed: back to `tag`, containers untouched."""
+    git.Repo(integration).git.reset("--hard", "--quiet", f"refs/tags/{tag}")

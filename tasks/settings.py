@@ -48,7 +48,10 @@ class BackupSettings(BaseModel):
     @field_validator("target")
     @classmethod
     def _target(cls, value: str) -> str:
-        parse_target(value)  # raises with the accepted forms
+        try:
+            parse_target(value)
+        except UpgradeError as exc:
+            raise ValueError(f"{exc.message}; {exc.hint}") from None
         return value
 
     def open_store(self) -> BackupStore:
@@ -77,6 +80,16 @@ class UpgradeSettings(BaseModel):
         None, description="services stopped while backing up in quiesce mode; empty: every Mender API service")
     health_timeout_s: float = Field(300, gt=0, le=3600, description="how long to wait for all services to be healthy")
     stability_window_s: float = Field(20, ge=0, le=600, description="services must stay healthy this long")
+    cleanup_apply: bool = Field(True, description="delete deviceauth decommissioning leftovers (saved to the backup target first)")
+    host_id: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$",
+                         description="names this Mender host in locks and history; empty: this machine's hostname")
+    lock_wait_s: float = Field(10, ge=0, le=86400, description="how long a second run for the same host waits for the first")
+    window: "MaintenanceWindow" = Field(default_factory=lambda: MaintenanceWindow())
+    approval: "ApprovalPolicy" = Field(default_factory=lambda: ApprovalPolicy())
+
+    def host(self) -> str:
+        import socket
+        return self.host_id or socket.gethostname()
 
 
 def _describe(error: dict) -> str:
@@ -107,3 +120,50 @@ def redact(text: str, secrets: list[str]) -> str:
         if secret:
             text = re.sub(re.escape(secret), "**********", text)
     return text
+
+
+class MaintenanceWindow(BaseModel):
+    """When downtime may happen. Empty start: the window opens when the run starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str | None = Field(None, description="window start, ISO 8601 (2026-11-28T01:00) or HH:MM today; empty: run start")
+    duration_minutes: int = Field(120, gt=0, le=24 * 60, description="window length")
+    timezone: str = Field("UTC", description="IANA time zone of `start`, e.g. Europe/Berlin")
+    restore_margin_minutes: float = Field(10, ge=0, le=600, description="time kept free for a rollback restore")
+    estimated_downtime_s: float = Field(120, gt=0, le=7200, description="expected downtime of one container cycle")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like UTC or Europe/Berlin") from None
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: str | None) -> str | None:
+        from datetime import datetime, time
+        if value in (None, ""):
+            return None
+        for parse in (datetime.fromisoformat, time.fromisoformat):
+            try:
+                parse(value)
+                return value
+            except ValueError:
+                continue
+        raise ValueError(f"{value!r} is neither an ISO date-time (2026-11-28T01:00) nor HH:MM")
+
+
+class ApprovalPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    require_approval: bool = Field(True, description="pause for a human after planning, before anything changes")
+    approve_before_downtime: bool = Field(False, description="pause again right before the containers stop")
+    timeout_minutes: float = Field(60, gt=0, le=7 * 24 * 60, description="an unanswered approval counts as rejected")
+
+
+UpgradeSettings.model_rebuild()

@@ -1,0 +1,25 @@
+"""The two deployments, for `mender-upgrade serve` (prefect.yaml declares the same for workers)."""
+
+from __future__ import annotations
+
+from prefect import serve
+from prefect.schedules import Cron
+
+from flows.upgrade import upgrade_mender
+from tasks.settings import UpgradeSettings
+
+
+def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
+    params = {"settings": settings.model_dump(mode="json", exclude={"backup": {"secret_access_key"}})}
+    host = settings.host()
+    scheduled = upgrade_mender.to_deployment(
+        name=f"{host}-maintenance-window", schedules=[Cron(cron, timezone=timezone)], parameters=params,
+        tags=["mender-upgrade", host], description="Upgrade in the maintenance window (approval in the UI)")
+    manual = upgrade_mender.to_deployment(
+        name=f"{host}-manual", parameters=params, tags=["mender-upgrade", host],
+        description="Start from the UI's Run button; the form holds every setting")
+    return [scheduled, manual]
+
+
+def serve_all(settings: UpgradeSettings, cron: str, timezone: str) -> None:
+    serve(*build(settings, cron, timezone))

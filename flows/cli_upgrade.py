@@ -1,0 +1,188 @@
+"""`mender-upgrade run | approve | history | serve | demo | config-schema`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import tomllib
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+from tasks.errors import UpgradeError
+from tasks.settings import UpgradeSettings, load_settings
+
+console = Console()
+PREFECT_HOME = Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade")) / "prefect"
+
+
+def read_config(path: Path) -> UpgradeSettings:
+    """A TOML or YAML file holding one UpgradeSettings; errors name the field."""
+    if not path.is_file():
+        raise UpgradeError(f"config file {path} does not exist", "pass --config with a TOML or YAML file")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise UpgradeError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}",
+                           "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UpgradeError(f"config file {path} must hold a mapping of settings", "see `mender-upgrade config-schema`")
+    return load_settings(data)
+
+
+def _ask_at_terminal(description: str) -> tuple[bool, str]:
+    console.print(Markdown(description))
+    answer = typer.confirm("Approve?", default=False)
+    comment = typer.prompt("Comment", default="", show_default=False)
+    return answer, comment
+
+
+@contextmanager
+def prefect_api():
+    """The configured Prefect API, or a local server started for this machine (never an
+    ephemeral one: approvals and history must outlive this process)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    if PREFECT_API_URL.value():
+        yield PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
+        return
+    from flows.runner import ensure_local_server
+    api = ensure_local_server(PREFECT_HOME, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    ui = api.removesuffix("/api")
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: ui}):
+        yield ui
+
+
+def run_upgrade(settings: UpgradeSettings, auto_approve: bool = False, poll_interval_s: int = 2) -> dict | None:
+    """Run the flow here; approvals at this terminal when it has one (or auto-approved)."""
+    from prefect import tags
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    from flows.runner import terminal_approver
+    from flows.upgrade import upgrade_mender
+
+    marker = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def my_run() -> str | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[marker])), limit=1)
+        return str(runs[0].id) if runs else None
+
+    stop = threading.Event()
+    if auto_approve or sys.stdin.isatty():
+        ask = (lambda d: (True, "auto-approved (--yes)")) if auto_approve else _ask_at_terminal
+        terminal_approver(my_run, ask, os.environ.get("USER", "operator"), stop)
+    else:
+        console.print("approvals: answer in the Prefect UI or with `mender-upgrade approve RUN_ID`")
+    try:
+        with tags(marker):
+            return upgrade_mender(settings=settings, poll_interval_s=poll_interval_s)
+    finally:
+        stop.set()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def run(config: Path = typer.Option(..., "--config", help="TOML or YAML settings file"),
+            to: str = typer.Option(None, "--to", help="target release X.Y.Z (default: from the config)"),
+            yes: bool = typer.Option(False, "--yes", help="approve every gate automatically")) -> None:
+        """Run the whole upgrade now, with approvals at this terminal or in the Prefect UI."""
+        try:
+            settings = read_config(config)
+            if to:
+                settings = load_settings(settings.model_dump(mode="json") | {"target_version": to})
+            with prefect_api():
+                result = run_upgrade(settings, auto_approve=yes)
+        except UpgradeError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1)
+        console.print(result)
+
+    @app.command()
+    def approve(run_id: str, reject: bool = typer.Option(False, "--reject"),
+                comment: str = typer.Option("", "--comment"),
+                approver: str = typer.Option(os.environ.get("USER", "operator"), "--approver")) -> None:
+        """Approve (or --reject) a run waiting at an approval gate."""
+        from flows.runner import approve as answer
+        try:
+            with prefect_api():
+                state = answer(run_id, not reject, comment, approver)
+        except UpgradeError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1)
+        console.print(f"{'rejected' if reject else 'approved'} run {run_id}: {state}")
+
+    @app.command()
+    def history(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(50, "--limit")) -> None:
+        """Past upgrade runs with their outcome."""
+        from flows.runner import history as read_history
+        with prefect_api():
+            rows = read_history(limit)
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(title="mender-upgrade runs")
+        for col in ("start", "name", "state", "outcome", "id"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["start"] or "-", r["name"], r["state"], r["outcome"], r["id"])
+        console.print(table)
+
+    @app.command("config-schema")
+    def config_schema() -> None:
+        """Every setting with its type, default and description (JSON Schema)."""
+        print(json.dumps(UpgradeSettings.model_json_schema(), indent=2))
+
+    @app.command()
+    def serve(config: Path = typer.Option(..., "--config"),
+              cron: str = typer.Option("0 1 * * 6", help="maintenance-window schedule"),
+              timezone: str = typer.Option("UTC")) -> None:
+        """Serve the scheduled and the manual deployment in this process."""
+        from deployments.definitions import serve_all
+        serve_all(read_config(config), cron, timezone)
+
+    register_demo(app)
+
+
+def demo_settings(sandbox, target: str) -> UpgradeSettings:
+    """The embedded default: upgrade the sandbox's clone, back up to the sandbox's S3."""
+    return load_settings({
+        "integration_dir": str(sandbox.integration), "target_version": target, "host_id": "sandbox",
+        "backup": {"target": f"s3://{sandbox.s3.bucket}/demo", "endpoint_url": sandbox.s3.url,
+                   "access_key_id": sandbox.s3.access_key, "secret_access_key": sandbox.s3.secret_key},
+        "stability_window_s": 5, "window": {"estimated_downtime_s": 60, "restore_margin_minutes": 2}})
+
+
+def register_demo(app: typer.Typer) -> None:
+    @app.command()
+    def demo(version: str = typer.Option("2.6.4", help="old release the sandbox starts with"),
+             to: str = typer.Option("2.7.2", help="release to upgrade to"),
+             yes: bool = typer.Option(False, "--yes", help="approve automatically (no terminal needed)")) -> None:
+        """The embedded default: sandbox at an old release, a real upgrade with approval, the report."""
+        from sandbox import stack
+        from sandbox.processes import SandboxError
+        try:
+            with prefect_api() as ui:
+                sb = stack.up(version, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+                console.print(f"Prefect UI: {ui}; upgrading {version} -> {to}")
+                result = run_upgrade(demo_settings(sb, to), auto_approve=yes)
+        except (UpgradeError, SandboxError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1)
+        from flows.report import RunReport
+        from flows.approvals import Decision
+        if isinstance(result, dict):
+            result["approvals"] = [Decision(**d) for d in result.get("approvals", [])]
+            console.print(Markdown(RunReport(**result).to_markdown()))
+        else:
+            console.print(result)
+        console.print(stack.status())

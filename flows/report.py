@@ -1,0 +1,58 @@
+"""The run's account for operators and auditors: one markdown artifact per run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from prefect.artifacts import create_markdown_artifact
+
+from flows.approvals import Decision
+
+REPORT_KEY = "upgrade-report"
+
+
+@dataclass
+class RunReport:
+    host: str
+    run_id: str
+    current: str = ""
+    target: str = ""
+    hops: list[str] = field(default_factory=list)
+    outcome: str = "running"  # completed, rejected, refused, failed, rolled back
+    reason: str = ""
+    approvals: list[Decision] = field(default_factory=list)
+    backup: dict = field(default_factory=dict)
+    cleanup: dict = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
+    downtime_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Mender upgrade on {self.host}: **{self.outcome}**", "",
+                 f"- from **{self.current or '?'}** to **{self.target or '?'}**, hops: {' → '.join(self.hops) or '-'}"]
+        if self.reason:
+            lines.append(f"- why: {self.reason}")
+        for d in self.approvals:
+            lines.append(f"- approval `{d.gate}`: {d.outcome} by {d.approver or '-'}: {d.comment or '(no comment)'}")
+        if self.backup:
+            lines.append(f"- backup: `{self.backup.get('uri')}` ({self.backup.get('objects')} objects, verified "
+                         f"{self.backup.get('verified_utc')})")
+            for key, sha in self.backup.get("sha256", {}).items():
+                lines.append(f"  - `{key}` sha256 `{sha}`")
+        if self.cleanup:
+            lines.append(f"- deviceauth cleanup: {self.cleanup}")
+        if self.downtime_s is not None:
+            lines.append(f"- downtime: {self.downtime_s:.1f} s")
+        if self.warnings:
+            lines += ["", "## Warnings", *[f"- {w}" for w in self.warnings]]
+        if self.steps:
+            lines += ["", "| step | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in self.steps.items()]]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def publish(report: RunReport) -> None:
+    create_markdown_artifact(key=f"{REPORT_KEY}-{report.host.lower().replace('.', '-').replace('_', '-')}",
+                             markdown=report.to_markdown(), description=f"upgrade {report.outcome}")

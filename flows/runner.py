@@ -1,0 +1,125 @@
+"""Running the flow from a terminal: a local Prefect server, terminal approvals, history."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.flow_runs import resume_flow_run
+from prefect.input.run_input import read_flow_run_input
+
+from tasks.errors import UpgradeError
+
+FLOW_NAME = "upgrade-mender"
+
+
+def ensure_local_server(home: Path, port: int = 4200, log: Callable[[str], None] = print) -> str:
+    """Start `prefect server start` on 127.0.0.1 (SQLite in `home`) unless one answers; return the API URL."""
+    api = f"http://127.0.0.1:{port}/api"
+    if _healthy(api):
+        return api
+    home.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "DO_NOT_TRACK": "1", "PREFECT_UI_URL": f"http://127.0.0.1:{port}"}
+    prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
+    log(f"starting a local Prefect server on 127.0.0.1:{port} (log: {home / 'server.log'})")
+    with open(home / "server.log", "ab") as out:
+        subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
+                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not _healthy(api):
+        if time.monotonic() > deadline:
+            raise UpgradeError("the local Prefect server did not start within 90 s", f"see {home / 'server.log'}")
+        time.sleep(0.5)
+    return api
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def approve(run_id: str, approve: bool, comment: str, approver: str) -> str:
+    """Answer a paused run's approval form (what the UI's Resume button does)."""
+    try:
+        UUID(run_id)
+    except ValueError:
+        raise UpgradeError(f"{run_id!r} is not a flow run id", "copy the id from `mender-upgrade history` or the UI") from None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(run_id))
+        if not run.state or run.state.type.value != "PAUSED":
+            raise UpgradeError(f"run {run_id} is {run.state.name if run.state else 'unknown'}, not waiting for approval",
+                               "only a paused run can be approved or rejected")
+    result = resume_flow_run(run_id, run_input={"approve": approve, "comment": comment, "approver": approver})
+    return str(getattr(result, "type", result))
+
+
+def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str], tuple[bool, str]],
+                      approver: str, stop: threading.Event) -> threading.Thread:
+    """A thread that, whenever the run pauses, shows the description and resumes with the answer."""
+    answered: set[str] = set()
+
+    def answer_if_paused() -> None:
+        run_id = flow_run_id()
+        if not run_id:
+            return
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(run_id))
+        keys = (run.state.state_details.run_input_keyset or {}) if run.state else {}
+        if not run.state or run.state.type.value != "PAUSED" or keys.get("response") in answered:
+            return
+        try:
+            description = read_flow_run_input(keys["description"], flow_run_id=UUID(run_id)) or ""
+        except Exception:  # paused before its form was saved (Prefect #11905): next poll
+            return
+        ok, comment = ask(str(description))
+        resume_flow_run(run_id, run_input={"approve": ok, "comment": comment, "approver": approver})
+        answered.add(keys.get("response"))
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                answer_if_paused()
+            except Exception as exc:  # the API hiccuped: keep watching
+                print(f"approval watcher: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+            stop.wait(1)
+
+    # Prefect settings (the API URL) live in context variables, which threads do not inherit.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(loop,), daemon=True)
+    thread.start()
+    return thread
+
+
+def history(limit: int = 50) -> list[dict]:
+    """Past upgrade runs, newest first, with their outcome from the run's report artifact."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+        out = []
+        for run in runs:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            report = next((a for a in artifacts if (a.key or "").startswith("upgrade-report")), None)
+            headline = (report.data or "").splitlines()[0] if report and isinstance(report.data, str) else ""
+            out.append({"id": str(run.id), "name": run.name, "state": run.state.name if run.state else "?",
+                        "start": run.start_time.isoformat() if run.start_time else None,
+                        "outcome": headline.split("**")[1] if headline.count("**") >= 2 else run.state.name if run.state else "?",
+                        "parameters": {k: v for k, v in (run.parameters or {}).items() if k != "settings"}})
+        return out

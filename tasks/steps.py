@@ -1,0 +1,143 @@
+"""Thin Prefect task wrappers of the steps: clients from settings, a call, logging, artifacts.
+
+Retries only on `TransientError` (exponential backoff with jitter); deterministic failures
+(merge conflict, refused plan, invalid config, failed validation) stop at once. Side-effecting
+steps are never cached. The logic lives in the step modules and is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from tasks import backup, containers, mongo, mongo_upgrade, preflight, repository, rollback
+from tasks.errors import retry_on_transient
+from tasks.settings import UpgradeSettings
+
+TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                 retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+ONCE = dict(retries=0, cache_policy=NO_CACHE)
+
+
+def _docker() -> docker.DockerClient:
+    return docker.from_env(timeout=120)
+
+
+@task(name="plan-upgrade", **TRANSIENT)
+def plan_task(settings: UpgradeSettings):
+    repo = repository.open_integration(settings.integration_dir)
+    repository.check_preconditions(repo)
+    repository.fetch_tags(repo)
+    plan = repository.plan_upgrade(repo, settings.target_version)
+    get_run_logger().info(f"plan: {plan.current} -> {plan.target} via {plan.hops or '-'}"
+                          + (f"; refused: {plan.refused}" if plan.refused else ""))
+    return plan
+
+
+@task(name="review-hops", **ONCE)
+def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[dict]:
+    repo = repository.open_integration(settings.integration_dir)
+    reviews, old = [], current
+    for hop in hops:
+        reviews.append(repository.review_hop(repo, old, hop).to_dict())
+        old = hop
+    return reviews
+
+
+@task(name="preflight", **TRANSIENT)
+def preflight_task(settings: UpgradeSettings, plan) -> list[preflight.Check]:
+    checks = preflight.run_preflight(_docker(), settings.integration_dir, settings.backup.open_store(), plan,
+                                     settings.compose_project)
+    create_table_artifact(key="upgrade-preflight", table=[c.__dict__ for c in checks],
+                          description="pre-flight checks")
+    preflight.require_all(checks)
+    return checks
+
+
+def _progress_callback(title: str):
+    """A byte counter feeding a Prefect progress artifact (updated at most every 16 MiB)."""
+    artifact_id = create_progress_artifact(progress=0.0, description=title)
+    state = {"bytes": 0, "reported": 0}
+
+    def progress(n: int) -> None:
+        state["bytes"] += n
+        if state["bytes"] - state["reported"] >= 16 * 2**20:
+            state["reported"] = state["bytes"]
+            # Total size is unknown while streaming: show MiB done on a 0-99 scale.
+            update_progress_artifact(artifact_id, progress=min(99.0, state["bytes"] / 2**20 / 10),
+                                     description=f"{title}: {state['bytes'] / 2**20:.0f} MiB")
+    return progress, artifact_id
+
+
+@task(name="backup", **TRANSIENT)
+def backup_task(settings: UpgradeSettings, run_id: str) -> backup.Manifest:
+    logger = get_run_logger()
+    progress, artifact_id = _progress_callback("backup")
+    manifest = backup.ensure_verified_backup(
+        _docker(), settings.integration_dir, settings.backup.open_store(), run_id=run_id,
+        mode=settings.backup.mode.value, keep_last=settings.backup.keep_last, writers=settings.writer_services,
+        project=settings.compose_project, log=logger.info, progress=progress)
+    update_progress_artifact(artifact_id, progress=100.0, description=f"backup {manifest.backup_id} verified")
+    create_table_artifact(key="upgrade-backup", description=f"verified backup {manifest.target}/{manifest.key}",
+                          table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
+    return manifest
+
+
+@task(name="mongo-url", **TRANSIENT)
+def mongo_url_task(settings: UpgradeSettings) -> str:
+    return mongo.mongo_url(_docker(), settings.compose_project)
+
+
+@task(name="repository-hop", **ONCE)
+def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopResult:
+    result = repository.upgrade_hop(repository.open_integration(settings.integration_dir), old, new)
+    logger = get_run_logger()
+    logger.info(f"merged {new}: commit {result.merge.commit[:10]}, pre-upgrade tag {result.merge.pre_upgrade_tag}")
+    for warning in result.warnings:
+        logger.warning(warning)
+    return result
+
+
+@task(name="pull-images", **TRANSIENT)
+def pull_task(settings: UpgradeSettings) -> None:
+    containers.pull_images(settings.integration_dir)
+
+
+@task(name="check-mongo-hop", **TRANSIENT)
+def mongo_hop_check_task(settings: UpgradeSettings, old: str, new: str) -> None:
+    with mongo.connect(mongo.mongo_url(_docker(), settings.compose_project)) as client:
+        fcv = mongo.server_info(client).feature_compatibility_version
+    mongo_upgrade.check_mongo_hop(old, new, fcv, mongo_upgrade.cpu_has_avx())
+
+
+@task(name="cycle-containers", **ONCE)
+def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
+    logger = get_run_logger()
+    report = containers.cycle_containers(_docker(), settings.integration_dir, project=settings.compose_project,
+                                         health_timeout=settings.health_timeout_s,
+                                         stability_window=settings.stability_window_s, log=logger.info)
+    create_table_artifact(key="upgrade-health", description=f"health gate passed; downtime {report.downtime_s:.1f} s",
+                          table=[{"service": s, "state": st} for s, st in sorted(report.services.items())])
+    return report
+
+
+@task(name="finish-mongo-hop", **TRANSIENT)
+def mongo_hop_finish_task(settings: UpgradeSettings, new: str) -> str:
+    with mongo.connect(mongo.mongo_url(_docker(), settings.compose_project)) as client:
+        return mongo_upgrade.finish_mongo_hop(client, new)
+
+
+@task(name="rollback", **ONCE)
+def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgrade_tag: str) -> rollback.RollbackReport:
+    logger = get_run_logger()
+    return rollback.roll_back(_docker(), settings.integration_dir, settings.backup.open_store(), manifest,
+                              pre_upgrade_tag, project=settings.compose_project,
+                              health_timeout=settings.health_timeout_s,
+                              stability_window=min(settings.stability_window_s, 10), log=logger.warning)
+
+
