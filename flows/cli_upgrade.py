@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         try:
             settings = read_config(config)
             if to:
-                settings = load_settings(settings.model_dump(mode="json") | {"target_version": to})
+                settings = load_settings(settings.model_dump() | {"target_version": to})
             with prefect_api():
                 result = run_upgrade(settings, auto_approve=yes)
         except UpgradeError as exc:

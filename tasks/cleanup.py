@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import bson
 from bson import json_util
+from bson.binary import Binary, UuidRepresentation
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, MongoClient
@@ -279,8 +281,22 @@ def _find_in_scope(client: MongoClient, scope: Scope) -> ScopeLeftovers:
     result = ScopeLeftovers(scope)
     result.documents["devices"] = _fetch_raw(db, "devices", scope, flagged_ids)
     result.documents["auth_sets"] = _fetch_raw(db, "auth_sets", scope, auth_set_ids)
-    result.documents["tokens"] = _fetch_raw(db, "tokens", scope, result.ids("auth_sets"))
+    result.documents["tokens"] = _fetch_raw(db, "tokens", scope, _token_ids(result.ids("auth_sets")))
     return result
+
+
+def _token_ids(auth_set_ids: list[Any]) -> list[Any]:
+    """A token's _id is its auth set's id: a string in older deviceauth, the same UUID as BSON
+    binary subtype 4 in newer ones (go-lib-micro's uuid type). Look for both forms."""
+    out = []
+    for value in auth_set_ids:
+        out.append(value)
+        if isinstance(value, str):
+            try:
+                out.append(Binary.from_uuid(uuid.UUID(value), UuidRepresentation.STANDARD))
+            except ValueError:
+                pass
+    return out
 
 
 def _totals(client: MongoClient, databases: Iterable[str]) -> dict[str, dict[str, int]]:

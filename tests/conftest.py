@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
+# Before anything imports prefect: its home (results, local DB) in a throw-away folder.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -40,3 +43,12 @@ def sandbox(_sandbox_session):
     if state.get("dirty") or state.get("version") != BASE_VERSION:
         return stack.up(BASE_VERSION)
     return stack.attach(_sandbox_session.home)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test server (subprocess, temp SQLite) for the whole session; never nested."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

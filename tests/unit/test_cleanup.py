@@ -21,10 +21,12 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import bson  # noqa: E402
+from bson.binary import Binary, UuidRepresentation  # noqa: E402
 import pytest  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -329,6 +331,25 @@ def test_tenant_and_database_filters_touch_only_their_scope(per_tenant, tenant_f
     report = cleanup.apply_cleanup(tenant_field.client, LocalStore(tmp_path / "t0"), "t0", tenants=[""],
                                    log=lambda m: None)
     assert sum(report.deleted.values()) == 19
+
+
+def test_tokens_with_binary_uuid_ids_and_no_tenant_field_are_found(tenant_field, tmp_path):
+    # newer deviceauth stores a token's _id (= its auth set's id) as a binary UUID, and tokens
+    # carry the tenant as a claim, not tenant_id
+    client, summary = tenant_field.client, tenant_field.summary
+    tokens = list(client.deviceauth.tokens.find())
+    client.deviceauth.tokens.delete_many({})
+    for t in tokens:
+        t["_id"] = Binary.from_uuid(uuid.UUID(t.pop("_id")), UuidRepresentation.STANDARD)
+        t.pop("tenant_id")
+    client.deviceauth.tokens.insert_many(tokens)
+    as_binary = lambda ids: {Binary.from_uuid(uuid.UUID(i), UuidRepresentation.STANDARD) for i in ids}  # noqa: E731
+    leftover = set().union(*(as_binary(t.leftover_tokens) for t in summary.tenants))
+    valid = set().union(*(as_binary(t.valid_tokens) for t in summary.tenants))
+    found = cleanup.find_decommissioned_leftovers(client)
+    assert {i for s in found.scopes for i in s.ids("tokens")} == leftover
+    cleanup.apply_cleanup(client, LocalStore(tmp_path), "binary", log=lambda m: None)
+    assert {t["_id"] for t in client.deviceauth.tokens.find({}, {"_id": 1})} == valid
 
 
 def test_per_tenant_databases_left_behind_by_the_3_6_migration_are_not_touched(tenant_field, tmp_path):
