@@ -15,6 +15,9 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
     demo) exec .venv/bin/mender-upgrade demo "$@" ;;
-    test) exec .venv/bin/python -m pytest "$@" ;;
+    test)
+        # The mongo stand-in also runs on the host (Python 3.13 venv) for its own and the cleanup tests.
+        .venv/bin/python -m sandbox.standin_venv
+        exec .venv/bin/python -m pytest "$@" ;;
     *) echo "usage: scripts/dev.sh demo|test [args]" >&2; exit 2 ;;
 esac
