@@ -154,10 +154,19 @@ def down(home: SandboxHome | None = None, log=print, keep_servers: bool = False)
     return removed
 
 
+def _running_version(state: dict) -> str | None:
+    """The release the clone is on now (it moves when an upgrade runs), else the one `up` started."""
+    try:
+        from tasks.repository import current_version, open_integration
+        return current_version(open_integration(Path(state["integration"])))
+    except Exception:  # no clone (sandbox down) or not readable: fall back to what `up` recorded
+        return state.get("version")
+
+
 def status(home: SandboxHome | None = None) -> dict:
     home = home or SandboxHome.default()
     state = home.read_state()
-    out: dict = {"version": state.get("version"), "integration": state.get("integration"),
+    out: dict = {"version": _running_version(state), "integration": state.get("integration"),
                  "registry": registry_answers(), "s3": state.get("s3", {}).get("url")}
     try:
         client = docker.from_env(timeout=5)

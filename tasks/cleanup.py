@@ -586,15 +586,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from tasks.settings import BackupSettings  # noqa: E402
 
 
-def retry_on_transient(task, task_run, state) -> bool:
-    """Retry only what may pass by itself (mongo or the store not answering)."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:
-        return False
-    return False
+from tasks.errors import retry_on_transient  # noqa: E402
 
 _RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_on_transient,
                 cache_policy=NO_CACHE)  # never a cached answer: leftovers must be queried each time

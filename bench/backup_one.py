@@ -1,0 +1,53 @@
+"""One backup stream in its own process (so its peak RSS is its own): ours or the ceiling.
+
+    python bench/backup_one.py ours|ceiling VOLUME KEY
+Prints one JSON line: bytes, seconds. Credentials come from the sandbox state.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import docker
+
+from sandbox import stack
+from tasks.backup import dump_mongo_to_store, stream_volume_to_store
+from tasks.mongo import mongo_container
+from tasks.settings import BackupSettings
+from tasks.volumes import IterStream, volume_tar_stream
+
+
+def main(kind: str, volume: str, key: str) -> None:
+    sb = stack.attach()
+    client = docker.from_env(timeout=600)
+    mongo = mongo_container(client)
+    image = mongo.attrs["Config"]["Image"]
+    settings = BackupSettings(target=f"s3://{sb.s3.bucket}/bench", endpoint_url=sb.s3.url,
+                              access_key_id=sb.s3.access_key, secret_access_key=sb.s3.secret_key)
+    start = time.monotonic()
+    if kind == "ours":
+        store = settings.open_store()
+        receipt = stream_volume_to_store(client, image, volume, store, key)
+        size = receipt.size
+        dump = dump_mongo_to_store(mongo.id, store, key + ".mongo.gz")
+        extra = {"dump_bytes": dump.size}
+    else:  # the ceiling: Docker's archive API straight into boto3's own transfer manager
+        from boto3.s3.transfer import TransferConfig
+        s3 = sb.s3.client()
+        counted = {"n": 0}
+
+        def chunks():
+            for chunk in volume_tar_stream(client, image, volume):
+                counted["n"] += len(chunk)
+                yield chunk
+
+        s3.upload_fileobj(IterStream(chunks()), sb.s3.bucket, "bench/" + key,
+                          Config=TransferConfig(multipart_chunksize=16 * 2**20, max_concurrency=4))
+        size, extra = counted["n"], {}
+    print(json.dumps({"bytes": size, "seconds": time.monotonic() - start} | extra))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
