@@ -17,7 +17,7 @@ from flows.lock import host_lock
 from flows.runner import history, terminal_approver
 from flows.upgrade import upgrade_mender
 from sandbox import stack
-from sandbox.integration_fixture import add_broken_release
+from sandbox.integration_fixture import OPERATOR_MINIO_SECRET_KEY, add_broken_release
 from sandbox.releases import BROKEN_VERSION, Release
 from tasks.containers import project_states
 from tasks.settings import load_settings
@@ -65,6 +65,20 @@ def _report(run_id: str) -> str:
     return next(a.data for a in arts if (a.key or "").startswith("upgrade-report"))
 
 
+def _assert_no_secrets(sandbox, run_id: str) -> None:
+    """Every log line, artifact and stored parameter of the run is free of secret values."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from uuid import UUID
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        run = client.read_flow_run(UUID(run_id))
+    text = "\n".join([*(l.message for l in logs), *(f"{a.data} {a.description}" for a in arts), str(run.parameters)])
+    assert len(logs) > 5 and arts
+    for secret in (sandbox.s3.secret_key, OPERATOR_MINIO_SECRET_KEY):
+        assert secret not in text
+
+
 def test_two_hop_upgrade_approved_through_the_api(prefect_api, sandbox):
     stack.mark_dirty(sandbox)
     state, run_id, asked = _run(_settings(sandbox, "3.0.2"), answer=lambda d: (True, "go ahead"))
@@ -77,7 +91,7 @@ def test_two_hop_upgrade_approved_through_the_api(prefect_api, sandbox):
     assert all(st.ok for st in project_states(sandbox.client).values())
     report = _report(run_id)
     assert "**completed**" in report and "sha256" in report and "downtime" in report and "alice" in report
-    assert sandbox.s3.secret_key not in report
+    _assert_no_secrets(sandbox, run_id)
     assert any(h["id"] == run_id and h["outcome"] == "completed" for h in history())
 
 
@@ -137,4 +151,20 @@ def test_failure_after_downtime_rolls_back_to_the_old_version(prefect_api, sandb
         assert mongo_snapshot(m) == before
     repo = git.Repo(sandbox.integration)
     assert any(t.name.startswith("failed-upgrade/") for t in repo.tags)
+    _assert_no_secrets(sandbox, run_id)
     assert not repo.is_dirty(untracked_files=True)
+
+
+def test_rejected_second_approval_undoes_the_merge_before_any_downtime(prefect_api, sandbox):
+    stack.mark_dirty(sandbox)  # the backup and cleanup ran
+    head = git.Repo(sandbox.integration).head.commit.hexsha
+    before = started_at(sandbox)
+    answers = iter([(True, "plan ok"), (False, "not during the trade fair")])
+    state, run_id, asked = _run(_settings(sandbox, "2.7.2", approval={"approve_before_downtime": True}),
+                                answer=lambda d: next(answers))
+    assert state.is_cancelled()
+    assert len(asked) == 2 and "Downtime for Mender 2.6.4 → 2.7.2" in asked[1]
+    assert git.Repo(sandbox.integration).head.commit.hexsha == head
+    assert not git.Repo(sandbox.integration).is_dirty(untracked_files=True)
+    assert started_at(sandbox) == before  # no container was stopped
+    assert "not during the trade fair" in _report(run_id)
