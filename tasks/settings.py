@@ -39,6 +39,9 @@ class BackupSettings(BaseModel):
     access_key_id: str | None = Field(None, description="S3 access key; empty: environment or AWS profile")
     secret_access_key: SecretStr | None = Field(None, description="S3 secret key; empty: environment or AWS profile")
     aws_profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
+    secret_block: str | None = Field(None, description="name of a Prefect Secret block holding the S3 secret key")
+    object_lock_days: int | None = Field(None, ge=1, le=3650,
+                                         description="S3 Object Lock (GOVERNANCE) retention for every backup object")
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         None, description="ask S3 to encrypt objects at rest")
     mode: BackupMode = Field(BackupMode.quiesce, description="quiesce stops the API services while backing up; hot stops nothing")
@@ -59,11 +62,14 @@ class BackupSettings(BaseModel):
         if scheme == "file":
             return LocalStore(Path(where))
         secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
+        if self.secret_block and not secret:
+            from prefect.blocks.system import Secret  # only where the block is used
+            secret = Secret.load(self.secret_block).get()
         client = s3_client(self.endpoint_url, self.region, self.access_key_id, secret,
                            self.path_style, self.aws_profile)
         return S3Store(bucket=where, prefix=prefix, client=client, endpoint=self.endpoint_url or "AWS S3",
                        server_side_encryption=self.server_side_encryption,
-                       part_size=self.part_size_mib * 1024 * 1024)
+                       object_lock_days=self.object_lock_days, part_size=self.part_size_mib * 1024 * 1024)
 
 
 class UpgradeSettings(BaseModel):

@@ -93,6 +93,7 @@ class S3Store:
     client: object
     endpoint: str
     server_side_encryption: str | None = None
+    object_lock_days: int | None = None
     part_size: int = 8 * 1024 * 1024
     max_parts_in_flight: int = 3
 
@@ -118,7 +119,12 @@ class S3Store:
         return UpgradeError(f"S3 at {where} failed to {action}: {code}", "see the S3 server's log")
 
     def _extra(self) -> dict:
-        return {"ServerSideEncryption": self.server_side_encryption} if self.server_side_encryption else {}
+        extra: dict = {"ServerSideEncryption": self.server_side_encryption} if self.server_side_encryption else {}
+        if self.object_lock_days:
+            from datetime import datetime, timedelta, timezone
+            extra |= {"ObjectLockMode": "GOVERNANCE",
+                      "ObjectLockRetainUntilDate": datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)}
+        return extra
 
     def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt:
         full = self._key(key)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from sandbox import stack
 from tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups
@@ -162,3 +164,47 @@ def test_failing_mongodump_leaves_no_complete_object(sandbox, s3_settings):
         dead.remove(force=True)
     assert store.list_keys("") == []
     assert store.pending_uploads() == []
+
+
+def test_cli_backup_drill_and_restore(sandbox, s3_settings):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    env = {"AWS_ACCESS_KEY_ID": sandbox.s3.access_key, "AWS_SECRET_ACCESS_KEY": sandbox.s3.secret_key}
+    common = ["--target", s3_settings.target, "--endpoint-url", sandbox.s3.url]
+    runner = CliRunner()
+    result = runner.invoke(app, ["backup", "--integration", str(sandbox.integration), *common], env=env)
+    assert result.exit_code == 0, result.output
+    uri = " ".join(result.output.split()).split("verified backup: ")[1].split()[0]
+    assert uri.startswith(s3_settings.target) and uri.endswith("/manifest.json")
+    assert sandbox.s3.secret_key not in result.output
+
+    result = runner.invoke(app, ["drill", *common], env=env)
+    assert result.exit_code == 0 and "passed" in result.output, result.output
+
+    with sandbox.mongo() as m:
+        before = mongo_snapshot(m)
+        m.deviceauth.devices.delete_many({})
+    result = runner.invoke(app, ["restore", "--manifest", uri, "--integration", str(sandbox.integration),
+                                 "--endpoint-url", sandbox.s3.url, "--yes"], env=env)
+    assert result.exit_code == 0, result.output
+    with sandbox.mongo() as m:
+        assert mongo_snapshot(m) == before
+    result = runner.invoke(app, ["restore", "--manifest", "s3://bucket/not-a-manifest", "--yes"], env=env)
+    assert result.exit_code == 1 and "not a backup manifest URI" in result.output
+
+
+def test_object_lock_retention_keeps_backup_versions_from_deletion(sandbox):
+    s3 = sandbox.s3.client()
+    bucket = f"locked-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    settings = BackupSettings(target=f"s3://{bucket}/mender", endpoint_url=sandbox.s3.url,
+                              access_key_id=sandbox.s3.access_key, secret_access_key=sandbox.s3.secret_key,
+                              object_lock_days=1)
+    store = settings.open_store()
+    store.upload_stream("b1/mongo.archive.gz", io.BytesIO(b"dump" * 1000))
+    head = s3.head_object(Bucket=bucket, Key="mender/b1/mongo.archive.gz")
+    assert head["ObjectLockMode"] == "GOVERNANCE"
+    version = s3.list_object_versions(Bucket=bucket, Prefix="mender/b1/")["Versions"][0]["VersionId"]
+    with pytest.raises(ClientError):
+        s3.delete_object(Bucket=bucket, Key="mender/b1/mongo.archive.gz", VersionId=version)
