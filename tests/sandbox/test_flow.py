@@ -19,6 +19,7 @@ from flows.upgrade import upgrade_mender
 from sandbox import stack
 from sandbox.integration_fixture import OPERATOR_MINIO_SECRET_KEY, add_broken_release
 from sandbox.releases import BROKEN_VERSION, Release
+from tasks.backup import NON_WRITERS
 from tasks.containers import project_states
 from tasks.settings import load_settings
 from tests.sandbox.conftest import mongo_snapshot, started_at
@@ -166,5 +167,9 @@ def test_rejected_second_approval_undoes_the_merge_before_any_downtime(prefect_a
     assert len(asked) == 2 and "Downtime for Mender 2.6.4 → 2.7.2" in asked[1]
     assert git.Repo(sandbox.integration).head.commit.hexsha == head
     assert not git.Repo(sandbox.integration).is_dirty(untracked_files=True)
-    assert started_at(sandbox) == before  # no container was stopped
+    # No downtime happened: the stack still runs 2.6.4, and what the quiesced backup does not
+    # stop (database, storage, gateway) was never restarted.
+    assert {s: st.image for s, st in project_states(sandbox.client).items()} == Release("2.6.4").images()
+    after = started_at(sandbox)
+    assert {s: after[s] for s in NON_WRITERS if s in after} == {s: before[s] for s in NON_WRITERS if s in before}
     assert "not during the trade fair" in _report(run_id)
