@@ -138,7 +138,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     if settings.cleanup_apply and leftovers.count:
         with timed(report, "cleanup"):
             cleaned = cleanup_task(mongo_url, settings.backup, report.run_id)
-        report.cleanup = cleaned.rows() if hasattr(cleaned, "rows") else str(cleaned)
+        report.cleanup = cleaned.rows()
 
     first_tag: str | None = None
     hop_tag: str | None = None  # the current hop's pre-upgrade tag (its merge not yet deployed)

@@ -25,7 +25,8 @@ from tasks import mongo as mongo_mod
 from tasks.containers import PROJECT, project_states, run_compose
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
-from tasks.volumes import IterStream, external_volumes, restore_volume, volume_tar_stream
+from tasks.versions import stable_versions
+from tasks.volumes import IterStream, external_volumes, volume_tar_stream
 
 MANIFEST = "manifest.json"
 MONGO_OBJECT = "mongo.archive.gz"
@@ -156,9 +157,7 @@ def quiesced(integration: Path, services: list[str], log: Callable[[str], None])
 def _repo_facts(integration: Path) -> tuple[str | None, str | None]:
     try:
         repo = git.Repo(integration)
-        tags = [t for t in repo.git.tag("--merged", "HEAD").split()]
-        from tasks.versions import stable_versions
-        stable = stable_versions(tags)
+        stable = stable_versions(repo.git.tag("--merged", "HEAD").split())
         return (str(stable[-1]) if stable else None), repo.head.commit.hexsha
     except (git.GitError, ValueError):
         return None, None

@@ -36,7 +36,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, MongoClient
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
-from tasks.errors import TransientError, UpgradeError
+from tasks.errors import UpgradeError
 from tasks.mongo import MongoUnreachable, connect
 from tasks.store import BackupStore, ChecksumMismatch, sha256_of_chunks
 from tasks.volumes import IterStream

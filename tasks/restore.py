@@ -21,7 +21,7 @@ from tasks.backup import BackupObject, Manifest
 from tasks.containers import PROJECT, project_states, run_compose, wait_until_healthy
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, Progress
-from tasks.volumes import HELPER_LABEL, IterStream, digest_tar, restore_volume, volume_tar_stream
+from tasks.volumes import HELPER_LABEL, MOUNT_ROOT, IterStream, digest_tar, helper_container, restore_volume
 
 DRILL_LABEL = "org.mender-upgrade.drill"
 
@@ -209,7 +209,6 @@ def restore_drill(client: docker.DockerClient, store: BackupStore, manifest: Man
 
 
 def _digest_volume(client: docker.DockerClient, image: str, volume: str, archive_root: str):
-    from tasks.volumes import MOUNT_ROOT, helper_container
     with helper_container(client, image, {volume: f"{MOUNT_ROOT}/{archive_root}"}, read_only=True) as c:
         chunks, _ = c.get_archive(f"{MOUNT_ROOT}/{archive_root}", chunk_size=1024 * 1024)
         return digest_tar(IterStream(iter(chunks)))

@@ -7,7 +7,6 @@ steps are never cached. The logic lives in the step modules and is tested withou
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import docker
 from prefect import get_run_logger, task
