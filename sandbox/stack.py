@@ -79,7 +79,9 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         down(home, log=log, keep_servers=True)
     start_registry(home)
     s3 = start_s3(home)
-    names = images.build_images(client, log=log)
+    built_log: list[str] = []
+    names = images.build_images(client, log=lambda m: (built_log.append(m), log(m)))
+    built = sum(m.startswith("building stand-in") for m in built_log)
     images.publish_to_mirror(client, names, log=log)
     for stale in ("upstream", "operator"):
         shutil.rmtree(home.run / stale, ignore_errors=True)
@@ -95,7 +97,11 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     sandbox = Sandbox(home, client, s3, upstream, integration, version)
     summary = seed(sandbox)
     home.write_state(seeded_old_clients=summary.inventory_old_clients)
-    log(f"sandbox up: Mender {version}, {len(services)} services healthy, in {time.monotonic() - t0:.1f} s")
+    elapsed = time.monotonic() - t0
+    log(f"sandbox up: Mender {version}, {len(services)} services healthy, in {elapsed:.1f} s")
+    with open(home.logs / "up-times.log", "a") as times:  # kept by `down`: start-time history
+        times.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} up {version} {elapsed:.1f} s, "
+                    f"{built} images built\n")
     return sandbox
 
 
