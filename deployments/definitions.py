@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import serve
 from prefect.schedules import Cron
 
+from flows.drill import restore_drill_flow
 from flows.upgrade import upgrade_mender
 from tasks.settings import UpgradeSettings
 
@@ -18,7 +19,10 @@ def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
     manual = upgrade_mender.to_deployment(
         name=f"{host}-manual", parameters=params, tags=["mender-upgrade", host],
         description="Start from the UI's Run button; the form holds every setting")
-    return [scheduled, manual]
+    drill = restore_drill_flow.to_deployment(
+        name=f"{host}-weekly-restore-drill", schedules=[Cron("0 3 * * 0", timezone=timezone)], parameters=params,
+        tags=["mender-upgrade", host], description="Restore the newest verified backup into throw-away containers")
+    return [scheduled, manual, drill]
 
 
 def serve_all(settings: UpgradeSettings, cron: str, timezone: str) -> None:

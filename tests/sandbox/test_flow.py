@@ -173,3 +173,20 @@ def test_rejected_second_approval_undoes_the_merge_before_any_downtime(prefect_a
     after = started_at(sandbox)
     assert {s: after[s] for s in NON_WRITERS if s in after} == {s: before[s] for s in NON_WRITERS if s in before}
     assert "not during the trade fair" in _report(run_id)
+
+
+def test_scheduled_restore_drill_flow_passes_without_touching_production(prefect_api, sandbox):
+    from deployments.definitions import build
+    from flows.drill import restore_drill_flow
+    from tasks.backup import ensure_verified_backup
+
+    settings = _settings(sandbox, "2.7.2")
+    ensure_verified_backup(sandbox.client, sandbox.integration, settings.backup.open_store(), mode="hot",
+                           log=lambda m: None)
+    before = started_at(sandbox)
+    result = restore_drill_flow(settings=settings)
+    assert result["collections"] > 10 and result["files"] >= 4
+    assert started_at(sandbox) == before
+    deployments = build(settings, "0 1 * * 6", "Europe/Berlin")
+    assert [d.name.rsplit("-", 3)[-3:] for d in deployments][-1] == ["weekly", "restore", "drill"]
+    assert sandbox.s3.secret_key not in str([d.parameters for d in deployments])
