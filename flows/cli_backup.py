@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from tasks.backup import MANIFEST, Manifest, ensure_verified_backup, list_backups
+from tasks.backup import MANIFEST, Manifest, ensure_verified_backup, newest_verified_backup
 from tasks.errors import UpgradeError
 from tasks.mongo import mongo_container
 from tasks.restore import restore_backup, restore_drill
@@ -108,10 +108,7 @@ def drill(manifest: str = typer.Option(None, "--manifest", help="manifest URI; d
             m = Manifest.from_json(store.get_bytes(key))
         else:
             store = s.backup.open_store()
-            verified = [b for b in list_backups(store) if b.verified]
-            if not verified:
-                raise UpgradeError(f"no verified backup in {store.uri}", "run `mender-upgrade backup` first")
-            m = verified[-1]
+            m = newest_verified_backup(store)
         client = docker.from_env(timeout=600)
         image = mongo_container(client, s.compose_project).attrs["Config"]["Image"]
         report = restore_drill(client, store, m, image, log=console.print)

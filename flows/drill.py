@@ -7,7 +7,7 @@ import docker
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.backup import list_backups
+from tasks.backup import newest_verified_backup
 from tasks.errors import UpgradeError
 from tasks.mongo import mongo_container
 from tasks.restore import restore_drill
@@ -18,10 +18,7 @@ from tasks.settings import UpgradeSettings
 def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     log = get_run_logger()
     store = settings.backup.open_store()
-    verified = [b for b in list_backups(store) if b.verified]
-    if not verified:
-        raise UpgradeError(f"no verified backup in {store.uri}", "run a backup first")
-    manifest = verified[-1]
+    manifest = newest_verified_backup(store)
     client = docker.from_env(timeout=600)
     image = mongo_container(client, settings.compose_project).attrs["Config"]["Image"]
     report = restore_drill(client, store, manifest, image, log=log.info)

@@ -215,6 +215,14 @@ def list_backups(store: BackupStore) -> list[Manifest]:
     return sorted(manifests, key=lambda m: m.backup_id)
 
 
+def newest_verified_backup(store: BackupStore) -> Manifest:
+    """The newest verified backup in `store`, or an error saying there is none."""
+    verified = [m for m in list_backups(store) if m.verified]
+    if not verified:
+        raise UpgradeError(f"no verified backup in {store.uri}", "run `mender-upgrade backup` first")
+    return verified[-1]
+
+
 def prune_backups(store: BackupStore, keep_last: int) -> list[str]:
     """Delete all but the newest `keep_last` verified backups (and unverified ones older than
     the newest verified); the newest verified backup is never deleted."""
