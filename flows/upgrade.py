@@ -20,7 +20,7 @@ from flows.approvals import ask_approval
 from flows.lock import host_lock
 from flows.report import RunReport, publish
 from tasks import steps
-from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task
+from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
@@ -39,6 +39,10 @@ def timed(report: RunReport, step: str):
         yield
     finally:
         report.steps[step] = round(report.steps.get(step, 0) + time.monotonic() - start, 1)
+
+
+def _why(exc: UpgradeError) -> str:
+    return f"{exc.message} (what to do: {exc.hint})" if exc.hint else exc.message
 
 
 def _now() -> datetime:
@@ -92,7 +96,7 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
             return _upgrade(settings, report, poll_interval_s)
     except UpgradeError as exc:
         if report.outcome == "running":
-            report.outcome, report.reason = "failed", exc.message
+            report.outcome, report.reason = "failed", _why(exc)
         raise
     finally:
         get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
@@ -100,7 +104,6 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
 
 
 def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
-    log = get_run_logger()
     run_start = _run_start()
     with timed(report, "plan"):
         plan = steps.plan_task(settings)
@@ -125,23 +128,40 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
         if old.old:
             report.warnings.append(f"{old.old} device(s) run a mender client older than 1.7.1")
     leftovers = find_leftovers_task(mongo_url)
-    reviews = steps.review_task(settings, plan.current, plan.hops)
+    try:
+        reviews = steps.review_task(settings, plan.current, plan.hops)
+        with timed(report, "dry run"):
+            steps.dry_run_task(settings, plan.hops)
+    except UpgradeError as exc:
+        report.outcome, report.reason = "refused", f"the review and dry run of the merge failed, nothing was changed: {_why(exc)}"
+        raise
     if settings.approval.require_approval and not _approve(
             report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
             settings, poll, run_start):
         return Cancelled(message=report.reason)
+    return _change(settings, report, plan, mongo_url, leftovers.count, poll, run_start)
 
-    with timed(report, "backup"):
-        manifest = steps.backup_task(settings, report.run_id)
-    report.backup = {"uri": f"{manifest.target}/{manifest.key}", "objects": len(manifest.objects),
-                     "verified_utc": manifest.verified_utc, "sha256": {o.key: o.sha256 for o in manifest.objects}}
-    if settings.cleanup_apply and leftovers.count:
-        with timed(report, "cleanup"):
-            cleaned = cleanup_task(mongo_url, settings.backup, report.run_id)
-        report.cleanup = cleaned.rows()
 
-    first_tag: str | None = None
-    hop_tag: str | None = None  # the current hop's pre-upgrade tag (its merge not yet deployed)
+def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, leftover_count: int,
+            poll: int, run_start: datetime):
+    """The destructive part. Before the first container stop, any failure or stop undoes what
+    this run changed (merge, cleanup) and leaves the old version running; after it, a failure
+    rolls back with this run's verified backup."""
+    log = get_run_logger()
+    undo = _Undo(settings, report, mongo_url)
+    try:
+        with timed(report, "backup"):
+            manifest = steps.backup_task(settings, report.run_id)
+        report.backup = {"uri": f"{manifest.target}/{manifest.key}", "objects": len(manifest.objects),
+                         "verified_utc": manifest.verified_utc, "sha256": {o.key: o.sha256 for o in manifest.objects}}
+        if settings.cleanup_apply and leftover_count:
+            undo.cleanup = True  # set first: a cleanup cut short is undone too
+            with timed(report, "cleanup"):
+                report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
+    except UpgradeError as exc:
+        undo.run(_why(exc))
+        raise
+
     cycled = False
     current = plan.current
     report.downtime_s = 0.0
@@ -149,8 +169,8 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
         for hop in plan.hops:
             with timed(report, f"merge {hop}"):
                 result = steps.hop_task(settings, current, hop)
-            hop_tag = result.merge.pre_upgrade_tag
-            first_tag = first_tag or hop_tag
+            undo.first_tag = undo.first_tag or result.merge.pre_upgrade_tag
+            undo.hop_tag = result.merge.pre_upgrade_tag
             report.warnings += result.warnings
             with timed(report, f"pull {hop}"):
                 steps.pull_task(settings)
@@ -174,22 +194,60 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
             if old_mongo != new_mongo:
                 steps.mongo_hop_finish_task(settings, new_mongo)
             current = hop
+            undo.hop_tag = None  # deployed: only a rollback can take it back now
     except UpgradeError as exc:
         if not cycled:
-            if first_tag:
-                reset_branch(settings.integration_dir, first_tag)
+            undo.run(_why(exc))
             raise
-        log.error(f"upgrade failed: {exc}; rolling back to {first_tag} with backup {manifest.backup_id}")
+        log.error(f"upgrade failed: {exc}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
         with timed(report, "rollback"):
-            steps.rollback_task(settings, manifest, first_tag)
+            steps.rollback_task(settings, manifest, undo.first_tag)
         report.outcome = "rolled back"
         report.reason = f"{exc.message}; the server is back on {plan.current} with backup {manifest.backup_id}"
         raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {exc.message}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
                             "a failed-upgrade/ tag for diagnosis") from exc
-    if current != plan.target:  # stopped at a gate before a hop's downtime: undo that hop's merge
-        if hop_tag:
-            reset_branch(settings.integration_dir, hop_tag)
+    if current != plan.target:  # stopped at a gate or by the window before a hop's downtime
+        if not cycled:
+            undo.run(report.reason)
+        elif undo.hop_tag:
+            reset_branch(settings.integration_dir, undo.hop_tag)
         return Cancelled(message=report.reason)
     report.outcome = "completed"
     return report.to_dict()
+
+
+class _Undo:
+    """What this run changed before any downtime, and how to take it back."""
+
+    def __init__(self, settings: UpgradeSettings, report: RunReport, mongo_url: str) -> None:
+        self.settings, self.report, self.mongo_url = settings, report, mongo_url
+        self.cleanup = False
+        self.first_tag: str | None = None  # the run's first pre-upgrade tag (state before the run)
+        self.hop_tag: str | None = None    # the current hop's tag while its merge is not deployed
+
+    def run(self, why: str) -> None:
+        """Branch back to the first pre-upgrade tag, every service running, cleanup undone.
+        Each part is tried even if an earlier one failed; what failed goes into the report."""
+        done, failed = [], []
+        if self.first_tag:
+            try:
+                reset_branch(self.settings.integration_dir, self.first_tag)
+                done.append(f"branch reset to {self.first_tag}")
+            except Exception as exc:  # keep going: the services matter more than the branch
+                failed.append(f"branch reset to {self.first_tag}: {exc}")
+        try:
+            started = steps.ensure_running_task(self.settings)
+            done.append(f"started {', '.join(started)}" if started else "every service still running")
+            if self.cleanup:
+                restored = undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
+                                             self.report.run_id)
+                done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
+                            if restored else "cleanup had deleted nothing")
+        except UpgradeError as exc:
+            failed.append(exc.message)
+        if self.report.outcome == "running":
+            self.report.outcome = "failed"
+        self.report.reason = (f"{why}; before any downtime, so the old version keeps running: "
+                              f"{'; '.join(done) or 'nothing to undo'}"
+                              + (f". NOT undone: {'; '.join(failed)}" if failed else ""))

@@ -527,6 +527,15 @@ def restore_leftovers(client: MongoClient, store: BackupStore, key: str) -> Rest
     return report
 
 
+def undo_cleanup(client: MongoClient, store: BackupStore, run_id: str) -> RestoreReport | None:
+    """Put back what the cleanup of `run_id` deleted (the run failed before its downtime).
+    Nothing saved means nothing was deleted: deletion only starts after a verified save."""
+    key = f"{cleanup_prefix(run_id)}/{LEFTOVERS_OBJECT}"
+    if f"{cleanup_prefix(run_id)}/{MANIFEST_OBJECT}" not in store.list_keys(cleanup_prefix(run_id)):
+        return None
+    return restore_leftovers(client, store, key)
+
+
 # ---------------------------------------------------------------------------------------------
 # read-only: old clients (before the 2.6 -> 2.7 hop)
 
@@ -615,6 +624,15 @@ def cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str, databases:
         if report.receipt else "nothing to save"
     create_table_artifact(key="deviceauth-cleanup", table=report.rows(),
                           description=f"deviceauth cleanup verified: {saved}")
+    return report
+
+
+@task(name="undo-deviceauth-cleanup", **_RETRIES)
+def undo_cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str) -> RestoreReport | None:
+    with open_mongo(mongo_url) as client:
+        report = undo_cleanup(client, backup.open_store(), run_id)
+    if report:
+        get_run_logger().warning(f"cleanup undone: restored {report.restored}, already there {report.already_present}")
     return report
 
 

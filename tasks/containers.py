@@ -136,6 +136,38 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
                        downtime_s=health.healthy_at - start, step_seconds=steps)
 
 
+def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: float = 1) -> None:
+    """Wait for the Docker engine to answer again (a restarted dockerd takes a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except (docker.errors.DockerException, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise ComposeCommandFailed(f"the Docker engine did not answer for {timeout:.0f} s "
+                                           f"({exc.__class__.__name__})",
+                                           "start dockerd (`systemctl start docker`), then check `./run ps`") from exc
+        time.sleep(poll)
+
+
+def ensure_running(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
+                   health_timeout: float = 300, stability_window: float = 5,
+                   log=lambda message: None) -> list[str]:
+    """After a failure before downtime the current version must still serve: start whatever is
+    not running (`./run up -d` on the unchanged configuration), then the health gate. Returns
+    the services that had to be started."""
+    wait_for_engine(client)
+    services = compose_services(integration)
+    states = project_states(client, project)
+    down = [s for s in services if s not in states or states[s].status != "running"]
+    if down:
+        log(f"not running: {', '.join(down)}; starting them with ./run up -d")
+        run_compose(integration, ["up", "-d"])
+    wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window)
+    return down
+
+
 def pull_images(integration: Path, timeout: float = 1800) -> None:
     """`./run pull`: fetch the new images while the old version still serves."""
     run_compose(integration, ["pull"], timeout=timeout)

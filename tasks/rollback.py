@@ -11,7 +11,7 @@ import git
 
 from tasks import mongo as mongo_mod
 from tasks.backup import Manifest
-from tasks.containers import PROJECT, compose_services, run_compose, wait_until_healthy
+from tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
 from tasks.errors import UpgradeError
 from tasks.restore import restore_backup
 from tasks.store import BackupStore
@@ -39,6 +39,7 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
     repo = git.Repo(integration)
     failed_tag = FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
     try:
+        wait_for_engine(client)  # the failure may have been the engine itself restarting
         repo.git.tag("-a", failed_tag, "-m", "Failed upgrade attempt kept for diagnosis (mender-upgrade)", "HEAD")
         log("stopping the new version")
         run_compose(integration, ["stop"])

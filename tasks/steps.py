@@ -48,6 +48,14 @@ def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> lis
     return reviews
 
 
+@task(name="dry-run-hops", **ONCE)
+def dry_run_task(settings: UpgradeSettings, hops: list[str]) -> None:
+    """Every hop's merge, configuration update and `./run config -q` in a throw-away worktree,
+    so a conflict or a broken prod.yml refuses the run before anything changes."""
+    results = repository.dry_run(repository.open_integration(settings.integration_dir), hops)
+    get_run_logger().info(f"dry run of {len(results)} hop(s): merges and configuration checks pass")
+
+
 @task(name="preflight", **TRANSIENT)
 def preflight_task(settings: UpgradeSettings, plan) -> list[preflight.Check]:
     checks = preflight.run_preflight(_docker(), settings.integration_dir, settings.backup.open_store(), plan,
@@ -129,6 +137,16 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
 def mongo_hop_finish_task(settings: UpgradeSettings, new: str) -> str:
     with mongo.connect(mongo.mongo_url(_docker(), settings.compose_project)) as client:
         return mongo_upgrade.finish_mongo_hop(client, new)
+
+
+@task(name="ensure-running", **TRANSIENT)
+def ensure_running_task(settings: UpgradeSettings) -> list[str]:
+    logger = get_run_logger()
+    started = containers.ensure_running(_docker(), settings.integration_dir, project=settings.compose_project,
+                                        health_timeout=settings.health_timeout_s,
+                                        stability_window=min(settings.stability_window_s, 10), log=logger.warning)
+    logger.info("every service runs and is healthy" + (f" (started {', '.join(started)})" if started else ""))
+    return started
 
 
 @task(name="rollback", **ONCE)

@@ -86,6 +86,10 @@ def sha256_of_chunks(chunks: Iterator[bytes], progress: Progress | None = None) 
     return size, h.hexdigest()
 
 
+class BucketNotImmutable(UpgradeError):
+    """backup.immutable is set but the bucket has no versioning or no Object Lock."""
+
+
 @dataclass
 class S3Store:
     bucket: str
@@ -96,6 +100,7 @@ class S3Store:
     object_lock_days: int | None = None
     part_size: int = 8 * 1024 * 1024
     max_parts_in_flight: int = 3
+    immutable: bool = False  # refuse a bucket where backups could be deleted or overwritten early
 
     @property
     def uri(self) -> str:
@@ -228,8 +233,30 @@ class S3Store:
         out = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(""))
         return [u["Key"] for u in out.get("Uploads", [])]
 
+    def require_immutable(self) -> None:
+        """Versioning and Object Lock must be on: nobody (nor a leaked key) can destroy a backup."""
+        try:
+            versioning = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status", "never enabled")
+            try:
+                lock = self.client.get_object_lock_configuration(Bucket=self.bucket)[
+                    "ObjectLockConfiguration"].get("ObjectLockEnabled", "not enabled")
+            except ClientError as exc:
+                if "ObjectLockConfigurationNotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                    raise
+                lock = "not enabled"
+        except (BotoCoreError, ClientError) as exc:
+            raise self._translate(exc, "read the bucket's versioning and Object Lock settings") from exc
+        if versioning != "Enabled" or lock != "Enabled":
+            raise BucketNotImmutable(
+                f"bucket {self.bucket!r} at {self.endpoint} is not immutable (versioning: {versioning}, "
+                f"Object Lock: {lock}) and backup.immutable is set",
+                "use a bucket created with Object Lock (it turns versioning on), or set backup.immutable "
+                "to false; nothing was changed")
+
     def probe(self) -> None:
         """Write, read back and delete a small object: proves reachability and permissions."""
+        if self.immutable:
+            self.require_immutable()
         self.put_bytes(".probe", b"mender-upgrade probe")
         if self.get_bytes(".probe") != b"mender-upgrade probe":
             raise ChecksumMismatch(f"S3 at {self.endpoint} returned different bytes than written", "check the server")

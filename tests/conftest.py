@@ -30,7 +30,8 @@ def _sandbox_session():
 
     sb = stack.up(BASE_VERSION)
     yield sb
-    stack.down()
+    if not os.environ.get("KEEP_SANDBOX"):  # KEEP_SANDBOX=1: keep it up between local test runs
+        stack.down()
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""The fault matrix: each test injects one fault or bad input, then asserts the five invariants.
+
+Every test is marked `fault(case=..., injected=...)` and tells the `fault` fixture what the tool
+did; a hook records case, injection, reaction and whether every invariant held (the test
+passed) into `.sandbox/reliability/results.json` and a markdown table beside it, from which
+`python -m tests.faults.table` writes the README's reliability section.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import git
+import pytest
+
+from sandbox.releases import Release
+from tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
+from tasks.containers import compose_services, project_states, wait_until_healthy
+from tasks.restore import check_archives
+from tasks.settings import BackupSettings
+from tests.sandbox.conftest import mongo_snapshot
+
+RESULTS = Path(__file__).resolve().parents[2] / ".sandbox" / "reliability"
+_rows: dict[str, dict] = {}
+SEEN_TEXT: list[str] = []  # every message the tool showed in CLI cases, for the secret scan
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault(case, injected): one row of the fault matrix")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("fault")
+    if marker is None or (report.when != "call" and report.passed):
+        return
+    row = _rows.setdefault(item.nodeid, {"case": marker.kwargs["case"], "injected": marker.kwargs["injected"],
+                                         "did": "", "held": "yes"})
+    record = getattr(item, "fault_record", None)
+    if record is not None and record.did:
+        row["did"] = record.did
+    if report.failed:
+        row["held"] = "no"
+        row["did"] = row["did"] or f"test failed in {report.when}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _rows:
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = list(_rows.values())
+    (RESULTS / "results.json").write_text(json.dumps(rows, indent=2))
+    from tests.faults.table import markdown_table
+    (RESULTS / "table.md").write_text(markdown_table(rows))
+
+
+@dataclass
+class FaultRecord:
+    did: str = ""
+
+
+@pytest.fixture
+def fault(request) -> FaultRecord:
+    """Where a test writes what the tool did (one sentence from its report or message)."""
+    record = FaultRecord()
+    request.node.fault_record = record
+    return record
+
+
+@dataclass
+class Before:
+    """The state an invariant compares with: taken before the fault is injected."""
+    head: str
+    branch: str
+    version: str
+    mongo: dict
+    dirt: dict[str, bytes] = field(default_factory=dict)  # files the test itself left changed
+
+
+def take_before(sandbox, dirt: tuple[str, ...] = ()) -> Before:
+    """Snapshot for the invariants; `dirt`: paths the test changed on purpose (must stay as they are)."""
+    repo = git.Repo(sandbox.integration)
+    with sandbox.mongo() as m:
+        snapshot = mongo_snapshot(m)
+    return Before(repo.head.commit.hexsha, repo.active_branch.name, sandbox.version, snapshot,
+                  {p: (sandbox.integration / p).read_bytes() for p in dirt})
+
+
+@contextmanager
+def committed_change(sandbox, path: str, edit) -> Iterator[None]:
+    """Commit `edit(text) -> text | None` (None deletes) to the clone; reset to the old HEAD after."""
+    repo = git.Repo(sandbox.integration)
+    head = repo.head.commit.hexsha
+    target = sandbox.integration / path
+    new = edit(target.read_text())
+    if new is None:
+        repo.index.remove([path], working_tree=True)
+    else:
+        target.write_text(new)
+        repo.index.add([path])
+    repo.index.commit(f"ops: test edit of {path}")
+    try:
+        yield
+    finally:
+        repo.git.reset("--hard", "--quiet", head)
+
+
+@pytest.fixture
+def baseline(sandbox) -> BackupSettings:
+    """A backup target holding a verified backup of the sandbox (made once, hot)."""
+    settings = BackupSettings(target=f"s3://{sandbox.s3.bucket}/faults-baseline", endpoint_url=sandbox.s3.url,
+                              access_key_id=sandbox.s3.access_key, secret_access_key=sandbox.s3.secret_key)
+    store = settings.open_store()
+    if not [m for m in list_backups(store) if m.verified]:
+        ensure_verified_backup(sandbox.client, sandbox.integration, store, mode="hot", log=lambda m: None)
+    return settings
+
+
+def assert_invariants(sandbox, before: Before, backups: BackupSettings, history: str,
+                      says: list[str], new_version: str | None = None, new_data: bool = False) -> None:
+    """The five invariants of the fault matrix, after a case.
+
+    1 healthy on the old (or `new_version`); 2 the newest verified backup in `backups`
+    matches its manifest and every archive is safe to restore; 3 the database equals its
+    state before (unless `new_data`: a completed upgrade may add); 4 the clone is on the
+    production branch, clean (but for the test's own dirt), with a pre-upgrade tag at the old
+    commit when anything was merged; 5 the history (report or message) says `says`."""
+    # 1
+    services = compose_services(sandbox.integration)
+    wait_until_healthy(sandbox.client, services, timeout=180, stability_window=2)
+    images = {s: st.image for s, st in project_states(sandbox.client).items()}
+    allowed = [Release(before.version).images()] + ([Release(new_version).images()] if new_version else [])
+    assert images in allowed, f"running images are neither {before.version} nor {new_version}: {images}"
+    # 2
+    store = backups.open_store()
+    check_archives(store, newest_verified_backup(store))
+    # 3
+    with sandbox.mongo() as m:
+        after = mongo_snapshot(m)
+    if not new_data:
+        assert after == before.mongo, f"database changed: {sorted(k for k in after if after[k] != before.mongo.get(k))}"
+    # 4
+    repo = git.Repo(sandbox.integration)
+    assert not repo.head.is_detached and repo.active_branch.name == before.branch
+    dirty = {item.a_path for item in repo.index.diff(None)} | set(repo.untracked_files)
+    assert dirty == set(before.dirt), f"working tree: {dirty}"
+    for path, content in before.dirt.items():
+        assert (sandbox.integration / path).read_bytes() == content, f"{path} was changed by the tool"
+    head = repo.head.commit.hexsha
+    if head != before.head:
+        assert any(t.name.startswith("pre-upgrade/") and t.commit.hexsha == before.head for t in repo.tags), \
+            "HEAD moved but no pre-upgrade/ tag marks the old commit"
+        assert new_version, f"HEAD moved from {before.head[:10]} to {head[:10]} though no upgrade completed"
+    # 5
+    for words in says:
+        assert words in history, f"history does not say {words!r}:\n{history}"

@@ -1,0 +1,213 @@
+"""Faults and bad input that must be refused before anything changes (fast cases)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.lock import host_lock
+from tasks.backup import Manifest, ensure_verified_backup
+from tests.faults.conftest import SEEN_TEXT, assert_invariants, committed_change, take_before
+from tests.flowrun import flow_settings, report_of, run_flow
+from tests.unit.test_settings import WRONG
+
+pytestmark = pytest.mark.sandbox
+
+
+def _refused_flow(sandbox, fault, baseline, settings, says: list[str], dirt: tuple[str, ...] = (), before=None):
+    before = before or take_before(sandbox, dirt)
+    state, run_id, asked = run_flow(settings, answer=lambda d: (True, "approved by the test"))
+    assert not state.is_completed(), "the run should not have completed"
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0] if "- why: " in report else state.message
+    assert_invariants(sandbox, before, baseline, report, says)
+    return state, report, asked
+
+
+@pytest.mark.fault(case="S3 down at start", injected="backup endpoint with nothing listening")
+def test_s3_down_at_start(prefect_api, sandbox, fault, baseline):
+    settings = flow_settings(sandbox, "2.7.2", backup={"endpoint_url": "http://127.0.0.1:1"})
+    _, _, asked = _refused_flow(sandbox, fault, baseline, settings, ["**failed**", "pre-flight failed", "unreachable"])
+    assert asked == []  # refused before anyone is asked to approve
+
+
+@pytest.mark.fault(case="wrong S3 credentials", injected="a wrong secret key")
+def test_wrong_s3_credentials(prefect_api, sandbox, fault, baseline):
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    settings = flow_settings(sandbox, "2.7.2", backup={"secret_access_key": wrong})
+    _, report, _ = _refused_flow(sandbox, fault, baseline, settings, ["refused", "SignatureDoesNotMatch", sandbox.s3.bucket])
+    assert wrong not in report and sandbox.s3.secret_key not in report
+
+
+@pytest.mark.fault(case="mutable bucket with `immutable`", injected="backup.immutable on a bucket without Object Lock")
+def test_immutable_refuses_a_plain_bucket(prefect_api, sandbox, fault, baseline):
+    settings = flow_settings(sandbox, "2.7.2", backup={"immutable": True})
+    _refused_flow(sandbox, fault, baseline, settings, ["not immutable", "Object Lock: not enabled"])
+
+
+@pytest.mark.fault(case="dirty working tree", injected="an uncommitted edit of prod.yml and an untracked file")
+def test_dirty_working_tree(prefect_api, sandbox, fault, baseline):
+    prod = sandbox.integration / "production/config/prod.yml"
+    stray = sandbox.integration / "production/notes.txt"
+    original = prod.read_bytes()
+    prod.write_bytes(original + b"\n# half-done edit\n")
+    stray.write_text("todo\n")
+    try:
+        _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "2.7.2"), ["uncommitted", "prod.yml"],
+                      dirt=("production/config/prod.yml", "production/notes.txt"))
+    finally:
+        prod.write_bytes(original)
+        stray.unlink()
+
+
+@pytest.mark.fault(case="merge conflict", injected="a committed local edit of a file 2.7.2 deletes")
+def test_merge_conflict_is_found_by_the_dry_run(prefect_api, sandbox, fault, baseline):
+    with committed_change(sandbox, "storage-proxy/nginx.conf", lambda t: t.replace("1024", "4096")):
+        _, _, asked = _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "2.7.2"),
+                                    ["**refused**", "dry run", "storage-proxy/nginx.conf", "nothing was changed"])
+    assert asked == []
+
+
+@pytest.mark.fault(case="unknown target", injected="target_version 9.9.9")
+def test_unknown_target(prefect_api, sandbox, fault, baseline):
+    _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "9.9.9"), ["**refused**", "9.9.9"])
+
+
+@pytest.mark.fault(case="malformed prod.yml", injected="committed prod.yml that is not YAML")
+def test_malformed_prod_yml(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+    with committed_change(sandbox, "production/config/prod.yml", lambda t: t + "\n  services: [unclosed\n"):
+        state, run_id, asked = run_flow(flow_settings(sandbox, "2.7.2"), answer=lambda d: (True, ""))
+        assert state.is_failed() and asked == []
+    # The clone's own ./run needs a valid prod.yml too: the invariants once the operator's file is back.
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    assert_invariants(sandbox, before, baseline, report, ["**refused**", "prod.yml is not valid YAML", "line 143"])
+
+
+@pytest.mark.fault(case="missing prod.yml", injected="prod.yml deleted and the deletion committed")
+def test_missing_prod_yml(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+    with committed_change(sandbox, "production/config/prod.yml", lambda t: None):
+        state, run_id, _ = run_flow(flow_settings(sandbox, "2.7.2"))
+        assert state.is_failed()
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    assert_invariants(sandbox, before, baseline, report,
+                      ["**failed**", "production/config/prod.yml does not exist", "prod.yml.template"])
+
+
+@pytest.mark.fault(case="window closed", injected="a run started after its maintenance window ended")
+def test_window_closed(prefect_api, sandbox, fault, baseline):
+    opened = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    state, _, _ = _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "2.7.2", window={"start": opened, "duration_minutes": 60}),
+                                ["**window closed**"])
+    assert state.is_cancelled()
+
+
+@pytest.mark.fault(case="second concurrent run", injected="a run for a host whose lock another run holds")
+def test_second_run_for_the_same_host_is_held(prefect_api, sandbox, fault, baseline):
+    settings = flow_settings(sandbox, "2.7.2", host_id="host-a", lock_wait_s=1)
+    with host_lock("host-a", 1):
+        _refused_flow(sandbox, fault, baseline, settings, ["another upgrade of host-a is running"])
+
+
+@pytest.mark.fault(case="approval rejected", injected="the approver says no, with a comment")
+def test_rejection(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+    settings = flow_settings(sandbox, "2.7.2")
+    state, run_id, _ = run_flow(settings, answer=lambda d: (False, "not this week"))
+    assert state.is_cancelled()
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    assert settings.backup.open_store().list_keys("") == []  # not even a backup
+    assert_invariants(sandbox, before, baseline, report, ["**rejected**", "not this week", "alice"])
+
+
+@pytest.mark.fault(case="approval timeout", injected="nobody answers the approval")
+def test_unanswered_approval_times_out_as_a_no(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+    state, run_id, _ = run_flow(flow_settings(sandbox, "2.7.2", approval={"timeout_minutes": 0.05}))
+    # Prefect itself ends a pause that timed out as Failed("... never resumed").
+    assert not state.is_completed() and "never resumed" in state.message
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    assert_invariants(sandbox, before, baseline, report, ["**timed out**"])
+
+
+@pytest.mark.fault(case="hostile target strings", injected="`3.0.0; rm -rf /`, `../x`, `--upload-pack=x` as --to")
+def test_hostile_targets_are_refused_before_git(sandbox, tmp_path, fault, baseline):
+    before = take_before(sandbox)
+    config = tmp_path / "upgrade.toml"
+    config.write_text(f'integration_dir = "{sandbox.integration}"\n')
+    outputs = []
+    for hostile in ("3.0.0; rm -rf /", "../x", "--upload-pack=x"):
+        result = CliRunner().invoke(app, ["run", "--config", str(config), "--to", hostile])
+        outputs.append(" ".join(result.output.split()))
+        assert result.exit_code == 1 and "target_version: must match" in outputs[-1], result.output
+    SEEN_TEXT.extend(outputs)
+    fault.did = outputs[0].replace("error: ", "refused: ")[:160]
+    assert_invariants(sandbox, before, baseline, "\n".join(outputs), [r"^\d+\.\d+\.\d+$"])
+
+
+@pytest.mark.fault(case="config file with each field wrong", injected=f"{len(WRONG)} bad values, one at a time")
+def test_each_wrong_config_field_is_named(sandbox, tmp_path, fault, baseline):
+    import yaml
+    before = take_before(sandbox)
+    outputs = []
+    for data, field in WRONG:
+        config = tmp_path / "upgrade.yaml"
+        config.write_text(yaml.safe_dump({"integration_dir": str(sandbox.integration)} | data))
+        result = CliRunner().invoke(app, ["run", "--config", str(config)])
+        outputs.append(" ".join(result.output.split()))
+        assert result.exit_code == 1 and field in outputs[-1], (field, result.output)
+    SEEN_TEXT.extend(outputs)
+    fault.did = f"every run refused with the field named, e.g. {outputs[4].split('invalid configuration: ')[-1][:90]}"
+    assert_invariants(sandbox, before, baseline, "\n".join(outputs), ["is not a known setting"])
+
+
+def _hostile_copy(store, manifest: Manifest) -> str:
+    """A verified-looking backup whose volume archive holds an absolute path and a `..` entry."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("/etc/cron.d/evil", "../../outside"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    data = buf.getvalue()
+    backup_id = f"{manifest.backup_id}-hostile"
+    doc = json.loads(manifest.to_json())
+    doc["backup_id"] = backup_id
+    for obj in doc["objects"]:
+        old_key, obj["key"] = obj["key"], obj["key"].replace(manifest.backup_id, backup_id, 1)
+        body = data if obj["kind"] == "volume" else store.get_bytes(old_key)
+        obj["size"], obj["sha256"] = len(body), hashlib.sha256(body).hexdigest()
+        store.put_bytes(obj["key"], body)
+    hostile = Manifest.from_json(json.dumps(doc).encode())
+    store.put_bytes(hostile.key, hostile.to_json())
+    return f"{store.uri}/{hostile.key}"
+
+
+@pytest.mark.fault(case="restore archive with absolute and `..` entries",
+                   injected="a backup whose volume tar holds /etc/cron.d/evil and ../../outside")
+def test_hostile_restore_archive_is_refused_before_overwriting(sandbox, fault, baseline):
+    before = take_before(sandbox)
+    hostile_store = flow_settings(sandbox, "2.7.2").backup.open_store()
+    uri = _hostile_copy(hostile_store, ensure_verified_backup(sandbox.client, sandbox.integration, hostile_store,
+                                                              mode="hot", log=lambda m: None))
+    env = {"AWS_ACCESS_KEY_ID": sandbox.s3.access_key, "AWS_SECRET_ACCESS_KEY": sandbox.s3.secret_key}
+    result = CliRunner().invoke(app, ["restore", "--manifest", uri, "--integration", str(sandbox.integration),
+                                      "--endpoint-url", sandbox.s3.url, "--yes"], env=env)
+    output = " ".join(result.output.split())
+    SEEN_TEXT.append(output)
+    assert result.exit_code == 1, output
+    fault.did = output.replace("error: ", "refused: ")[:200]
+    assert_invariants(sandbox, before, baseline, output, ["absolute path"])

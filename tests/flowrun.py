@@ -1,0 +1,67 @@
+"""Running the upgrade flow in tests: settings for the sandbox, an approver thread, the report."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from uuid import UUID
+
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                            FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
+
+from flows.cli_upgrade import demo_settings
+from flows.runner import terminal_approver
+from flows.upgrade import upgrade_mender
+from tasks.settings import UpgradeSettings, load_settings
+
+
+def flow_settings(sandbox, target: str, **overrides) -> UpgradeSettings:
+    """The demo settings with a fresh backup prefix and host id; nested dicts are merged."""
+    base = demo_settings(sandbox, target).model_dump()
+    base["backup"]["target"] = f"s3://{sandbox.s3.bucket}/flow-{uuid.uuid4().hex[:8]}"
+    base["host_id"] = f"sandbox-{uuid.uuid4().hex[:6]}"
+    for key, value in overrides.items():
+        base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
+    return load_settings(base)
+
+
+def run_flow(settings: UpgradeSettings, answer=None):
+    """Run the flow; `answer(description) -> (approve, comment)` plays the approver via the API.
+    Returns (final state, flow run id, approval descriptions shown)."""
+    marker = f"t-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+    asked: list[str] = []
+
+    def run_id():
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[marker])), limit=1)
+        return str(runs[0].id) if runs else None
+
+    if answer:
+        terminal_approver(run_id, lambda d: (asked.append(d), answer(d))[1], "alice", stop)
+    try:
+        with tags(marker):
+            state = upgrade_mender(settings=settings, poll_interval_s=1, return_state=True)
+    finally:
+        stop.set()
+    return state, run_id(), asked
+
+
+def report_of(run_id: str) -> str:
+    """The run's markdown report artifact (what an operator reads in the UI)."""
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return next(a.data for a in arts if (a.key or "").startswith("upgrade-report"))
+
+
+def everything_recorded(run_id: str) -> tuple[int, str]:
+    """(log line count, text of every log line, artifact, state message and stored parameter) of a run."""
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        run = client.read_flow_run(UUID(run_id))
+    parts = [*(entry.message for entry in logs), *(f"{a.data} {a.description}" for a in arts), str(run.parameters),
+             run.state.message if run.state else ""]
+    return len(logs), "\n".join(parts)
