@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import serve
 from prefect.schedules import Cron
 
+from deployments.notifications import apply_notifications
+from deployments.serving import serve_keeping_paused_runs
 from flows.drill import restore_drill_flow
 from flows.upgrade import upgrade_mender
 from tasks.settings import UpgradeSettings
@@ -25,5 +26,9 @@ def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
     return [scheduled, manual, drill]
 
 
-def serve_all(settings: UpgradeSettings, cron: str, timezone: str) -> None:
-    serve(*build(settings, cron, timezone))
+def serve_all(settings: UpgradeSettings, cron: str, timezone: str, webhook_url: str | None = None) -> None:
+    """Serve the deployments here; with `webhook_url`, first apply the notifications automation.
+    Stopping (SIGTERM) does not cancel runs paused for approval: see deployments/serving.py."""
+    if webhook_url:
+        apply_notifications(webhook_url)
+    serve_keeping_paused_runs(build(settings, cron, timezone))

@@ -18,11 +18,12 @@ console = Console()
 
 def _register_areas() -> None:
     # Each area's commands live in their own module (one module per command area).
-    from flows import cli_backup, cli_cleanup, cli_repo, cli_upgrade
+    from flows import cli_backup, cli_cleanup, cli_lock, cli_repo, cli_upgrade
     cli_backup.register(app)
     cli_repo.register(app)
     cli_cleanup.register(app)
     cli_upgrade.register(app)
+    cli_lock.register(app)
 
 
 def _fail(exc: Exception) -> None:

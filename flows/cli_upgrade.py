@@ -1,4 +1,4 @@
-"""`mender-upgrade run | approve | history | serve | demo | config-schema`."""
+"""`mender-upgrade run | approve | history | serve | notifications | demo | config-schema`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from tasks.errors import UpgradeError
 from tasks.settings import UpgradeSettings, load_settings
 
 console = Console()
+# Same name as deployments.notifications.WEBHOOK_URL_ENV (not imported: it would load prefect for --help).
+WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
+WEBHOOK_HELP = ("POST here when an upgrade run pauses for approval, fails or is rolled back "
+                "(may hold a token: prefer the environment variable)")
 PREFECT_HOME = Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade")) / "prefect"
 
 
@@ -145,10 +149,35 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def serve(config: Path = typer.Option(..., "--config"),
               cron: str = typer.Option("0 1 * * 6", help="maintenance-window schedule"),
-              timezone: str = typer.Option("UTC")) -> None:
-        """Serve the scheduled and the manual deployment in this process."""
+              timezone: str = typer.Option("UTC"),
+              webhook_url: str = typer.Option(None, "--webhook-url", envvar=WEBHOOK_URL_ENV, show_default=False,
+                                              help=WEBHOOK_HELP)) -> None:
+        """Serve the scheduled and the manual deployment in this process. SIGTERM stops it without
+        cancelling runs paused for approval (it waits for them; a second SIGTERM cancels them)."""
         from deployments.definitions import serve_all
-        serve_all(read_config(config), cron, timezone)
+        from deployments.notifications import check_webhook_url, redacted
+        if webhook_url:
+            try:
+                check_webhook_url(webhook_url)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
+            console.print(f"notifications: paused/failed/rolled-back runs call {redacted(webhook_url)}")
+        serve_all(read_config(config), cron, timezone, webhook_url)
+
+    @app.command()
+    def notifications(webhook_url: str = typer.Option(..., "--webhook-url", envvar=WEBHOOK_URL_ENV,
+                                                      show_default=False, help=WEBHOOK_HELP)) -> None:
+        """Create or update the webhook automation only (for prefect.yaml workers, which do not run `serve`)."""
+        import httpx
+
+        from deployments.notifications import apply_notifications, redacted
+        try:
+            with prefect_api():
+                automation_id = apply_notifications(webhook_url)
+        except (UpgradeError, ValueError, httpx.HTTPError) as exc:  # none of them holds the webhook URL
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1)
+        console.print(f"automation {automation_id}: paused/failed/rolled-back runs call {redacted(webhook_url)}")
 
     register_demo(app)
 

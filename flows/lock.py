@@ -3,26 +3,42 @@
 (A deployment's own concurrency slot is released while a run is paused, so it cannot keep a
 second run out during an approval; a global limit with a lease renewed by the live process
 can, and the server frees a crashed holder's slot when its lease expires.)
+
+The lease only frees a slot where the server's repossessor service runs (not in the ephemeral
+or test server), and the server keeps leases in memory: after a server restart a slot taken
+before it stays taken for good. `release_stale_lock` is the operator's way out.
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from flows.runner import FLOW_NAME
 from tasks.errors import UpgradeError
 
 LEASE_SECONDS = 60
+REPOSSESSOR_LOOP_SECONDS = 15  # the server's default `server.services.repossessor.loop_seconds`
 
 
 class UpgradeAlreadyRunning(UpgradeError):
     """Another upgrade run holds this host's lock."""
+
+
+class LockHeldByLiveRun(UpgradeError):
+    """An upgrade run that may still be alive could hold the lock; it is not freed."""
 
 
 def lock_name(host: str) -> str:
@@ -31,10 +47,17 @@ def lock_name(host: str) -> str:
 
 def ensure_lock(name: str) -> None:
     with get_client(sync_client=True) as client:
+        _ensure_lock(client, name)
+
+
+def _ensure_lock(client: SyncPrefectClient, name: str) -> None:
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
         try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:  # another run created it meanwhile: that one is as good
+            pass
 
 
 @contextmanager
@@ -42,10 +65,103 @@ def host_lock(host: str, wait_s: float) -> Iterator[str]:
     name = lock_name(host)
     ensure_lock(name)
     try:
+        # A failed lease renewal (the server restarted and forgot its leases: 410 Gone) must not
+        # cancel an upgrade halfway, e.g. mid container cycle, where only an UpgradeError rolls
+        # back; strict=True alone would. The slot itself stays taken in the database meanwhile.
         with concurrency(name, occupy=1, timeout_seconds=max(wait_s, 0.1), strict=True,
-                         lease_duration=LEASE_SECONDS):
+                         lease_duration=LEASE_SECONDS, raise_on_lease_renewal_failure=False):
             yield name
     except TimeoutError as exc:
         raise UpgradeAlreadyRunning(f"another upgrade of {host} is running (lock {name!r} held)",
-                                    "wait for it to finish, or see `mender-upgrade history`; a crashed "
-                                    f"run's lock frees itself within {LEASE_SECONDS} s") from exc
+                                    "wait for it to finish, or see `mender-upgrade history`; a crashed run's "
+                                    f"lock frees itself about {LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS} s after "
+                                    "the crash unless the Prefect server restarted since it was taken; then: "
+                                    f"`mender-upgrade unlock {host}`") from exc
+
+
+@dataclass(frozen=True)
+class LiveRun:
+    """An upgrade-mender run that is RUNNING or PAUSED: it may hold a host's lock."""
+
+    id: str
+    name: str
+    state: str
+    host_id: str  # empty: its settings name no host (it locks its machine's hostname)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.id}, {self.state}, host {self.host_id or 'unnamed: its hostname'})"
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    host: str
+    name: str
+    exists: bool
+    active_slots: int
+    live_runs: list[LiveRun] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return self.exists and self.active_slots > 0
+
+
+def _host_id(run: FlowRun) -> str:
+    settings = (run.parameters or {}).get("settings")
+    return str(settings.get("host_id") or "") if isinstance(settings, dict) else ""
+
+
+def live_runs(client: SyncPrefectClient, host: str) -> list[LiveRun]:
+    """RUNNING or PAUSED upgrade-mender runs that may lock `host`: those whose host_id has the
+    same lock, and those without a host_id (their host is a machine name we cannot see)."""
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PAUSED]))))
+    return [LiveRun(str(run.id), run.name, run.state.name if run.state else "?", _host_id(run)) for run in runs
+            if not _host_id(run) or lock_name(_host_id(run)) == lock_name(host)]
+
+
+def lock_status(host: str) -> LockStatus:
+    """Whether `host`'s lock exists and holds a slot, and which upgrade runs may hold it."""
+    name = lock_name(host)
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return LockStatus(host, name, exists=False, active_slots=0)
+        return LockStatus(host, name, exists=True, active_slots=limit.active_slots,
+                          live_runs=live_runs(client, host))
+
+
+def release_stale_lock(host: str, force: bool = False) -> LockStatus:
+    """Free `host`'s lock slot left by a dead holder; return the status found before.
+
+    Refuses (LockHeldByLiveRun) while an upgrade run that may hold it is RUNNING or PAUSED,
+    unless `force`. A killed process leaves its run RUNNING: check it is gone, then force.
+
+    The limit is deleted and created anew rather than its active_slots set to 0: the dead
+    holder's lease still exists on the server (no API revokes it) and names the limit's id; when
+    it expires, or a forced-out holder releases it, it decrements that id's slots. Against a
+    new id that is a no-op; against the old one it would free the next run's slot too."""
+    status = lock_status(host)
+    if not status.held:
+        return status
+    if status.live_runs and not force:
+        listed = "\n  ".join(run.describe() for run in status.live_runs)
+        raise LockHeldByLiveRun(
+            f"{status.name} is held and these upgrade runs may hold it:\n  {listed}",
+            "let them finish, or answer their approval; if their process is gone (killed, the machine "
+            "restarted) the run stays RUNNING: check (ps, the Prefect UI), then "
+            f"`mender-upgrade unlock {host} --force`")
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(status.name)
+        except ObjectNotFound:  # someone freed it meanwhile
+            pass
+        _ensure_lock(client, status.name)
+        for run in status.live_runs:  # forced: the operator says their processes are gone
+            # The history must not show a dead run as still running: say what became of it.
+            client.set_flow_run_state(UUID(run.id), Crashed(message=(
+                f"its process was gone; the lock of {host} was freed by `mender-upgrade unlock --force`. "
+                "Check the server with `./run ps` and the backup target before upgrading again")), force=True)
+    return status

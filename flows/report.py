@@ -53,6 +53,14 @@ class RunReport:
         return asdict(self)
 
 
+def report_key(host: str) -> str:
+    """The artifact key of `host`'s run reports (one key per host: the UI shows its history)."""
+    return f"{REPORT_KEY}-{host.lower().replace('.', '-').replace('_', '-')}"
+
+
 def publish(report: RunReport) -> None:
-    create_markdown_artifact(key=f"{REPORT_KEY}-{report.host.lower().replace('.', '-').replace('_', '-')}",
-                             markdown=report.to_markdown(), description=f"upgrade {report.outcome}")
+    # The description is read back by tasks/staging.py (what a host's run achieved, without
+    # parsing the markdown): keep "upgrade <outcome>: <host> <from> -> <to>".
+    create_markdown_artifact(key=report_key(report.host), markdown=report.to_markdown(),
+                             description=f"upgrade {report.outcome}: {report.host} "
+                                         f"{report.current or '?'} -> {report.target or '?'}")

@@ -32,7 +32,8 @@ def ensure_local_server(home: Path, port: int = 4200, log: Callable[[str], None]
         return api
     home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "DO_NOT_TRACK": "1", "PREFECT_UI_URL": f"http://127.0.0.1:{port}"}
+                        "DO_NOT_TRACK": "1", "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
+                        "PREFECT_UI_API_URL": api}  # else the UI calls port 4200 whatever --port says
     prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
     log(f"starting a local Prefect server on 127.0.0.1:{port} (log: {home / 'server.log'})")
     with open(home / "server.log", "ab") as out:

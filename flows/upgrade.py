@@ -16,14 +16,17 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from deployments.notifications import emit_rolled_back
 from flows.approvals import ask_approval
 from flows.lock import host_lock
 from flows.report import RunReport, publish
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
+from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
+from tasks.staging import StagingNotDone, require_completed_on_staging
 from tasks.versions import PlanRefused, Version, mongo_major
 from tasks.window import WindowClosed, require_time_for_downtime, seconds_left
 
@@ -115,6 +118,13 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     if not plan.hops:
         report.outcome, report.reason = "completed", f"already at {plan.current}"
         return report.to_dict()
+    if settings.staging.require_completed_on:
+        try:
+            proof = require_completed_on_staging(settings.staging.require_completed_on, plan.target)
+        except StagingNotDone as exc:
+            report.outcome, report.reason = "refused", _why(exc)
+            raise
+        get_run_logger().info(f"staging: {proof}")
     try:
         require_time_for_downtime(settings.window, run_start, _now())
     except WindowClosed as exc:
@@ -204,6 +214,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             steps.rollback_task(settings, manifest, undo.first_tag)
         report.outcome = "rolled back"
         report.reason = f"{exc.message}; the server is back on {plan.current} with backup {manifest.backup_id}"
+        emit_rolled_back(report.run_id, report.reason)
         raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {exc.message}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
                             "a failed-upgrade/ tag for diagnosis") from exc
@@ -214,6 +225,12 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             reset_branch(settings.integration_dir, undo.hop_tag)
         return Cancelled(message=report.reason)
     report.outcome = "completed"
+    if settings.staging.push_remote:
+        try:
+            pushed = push_to_company_remote(settings.integration_dir, settings.staging.push_remote)
+            log.info(f"pushed to {settings.staging.push_remote}: {', '.join(pushed) or 'already up to date'}")
+        except UpgradeError as exc:  # the upgrade succeeded; a failed push is a warning, not a failed run
+            report.warnings.append(f"not pushed to {settings.staging.push_remote}: {_why(exc)}")
     return report.to_dict()
 
 

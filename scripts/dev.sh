@@ -18,6 +18,11 @@ case "$cmd" in
     test)
         # The mongo stand-in also runs on the host (Python 3.13 venv) for its own and the cleanup tests.
         .venv/bin/python -m sandbox.standin_venv
+        # tests/browser drive Debian's Chromium through Playwright (which may not download its own).
+        if [ ! -x /usr/bin/chromium ]; then
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
+        fi
         exec .venv/bin/python -m pytest "$@" ;;
     *) echo "usage: scripts/dev.sh demo|test [args]" >&2; exit 2 ;;
 esac

@@ -26,7 +26,7 @@ from tasks.containers import PROJECT, project_states, run_compose
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
 from tasks.versions import stable_versions
-from tasks.volumes import IterStream, external_volumes, volume_tar_stream
+from tasks.volumes import IterStream, external_volumes, remove_stale_helpers, volume_tar_stream
 
 MANIFEST = "manifest.json"
 MONGO_OBJECT = "mongo.archive.gz"
@@ -244,6 +244,10 @@ def ensure_verified_backup(client: docker.DockerClient, integration: Path, store
                            log: Callable[[str], None] = print, progress: Progress | None = None) -> Manifest:
     """Give me a verified backup or raise: probe, back up, verify, then prune old ones."""
     store.probe()  # fails before anything is stopped when the target is unreachable or denies us
+    for key in store.abort_stale_uploads():
+        log(f"removed an unfinished upload of {key} (left by a run that was killed)")
+    for name in remove_stale_helpers(client):
+        log(f"removed the volume helper container {name} (left by a run that was killed)")
     manifest = create_backup(client, integration, store, run_id or uuid.uuid4().hex, mode=mode,
                              writers=writers, project=project, log=log, progress=progress)
     manifest = verify_backup(store, manifest, progress)

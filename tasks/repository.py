@@ -41,6 +41,10 @@ TEMPLATES = {PROD_YML: "production/config/prod.yml.template",
 REVIEW_PATHS = (":(glob)production/config/*.template", ":(glob)docker-compose*.yml", ":(glob)config/**")
 PRE_UPGRADE_PREFIX = "pre-upgrade/"
 BRANCH_NAME = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]{1,100}(?<!\.lock)(?<![/.])$")
+# A configured remote's name only (no URL, no path): the operator's git config decides where it
+# points and with which credentials. First character never '-' (an option) or '.'; no '..'.
+REMOTE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+REMOTE_NAME = re.compile(REMOTE_NAME_PATTERN)
 FETCH_TIMEOUT_S = 120
 ALIAS_PATCH_LINE = (2, 7)  # the release line whose gateway replaces storage-proxy
 
@@ -77,6 +81,18 @@ class ProdYmlNotTracked(UpgradeError):
 
 class OriginUnreachable(TransientError):
     """`git fetch --tags origin` failed."""
+
+
+class RemoteMissing(UpgradeError):
+    """The clone has no remote of the configured name."""
+
+
+class RemoteUnreachable(TransientError):
+    """`git push` could not reach the remote (network, credentials, wrong URL)."""
+
+
+class PushRejected(UpgradeError):
+    """The remote refused a ref (non-fast-forward, a tag of that name with other content, a hook)."""
 
 
 class NoReleaseTag(UpgradeError):
@@ -116,6 +132,14 @@ def validate_branch(name: str) -> str:
     if not isinstance(name, str) or not BRANCH_NAME.match(name):
         raise InvalidRef(f"{name!r} is not an acceptable branch name",
                          "use letters, digits, '.', '_', '-' and '/' (e.g. production)")
+    return name
+
+
+def validate_remote(name: str) -> str:
+    """`name` if it can only be the name of a configured remote (not a URL or an option); else raise."""
+    if not isinstance(name, str) or len(name) > 64 or not REMOTE_NAME.fullmatch(name):
+        raise InvalidRef(f"{name!r} is not an acceptable remote name",
+                         "give the name of a remote of the clone (see `git remote -v`), e.g. company")
     return name
 
 
@@ -636,3 +660,58 @@ def dry_run(repo: git.Repo, hops: list[str], *, check: Callable[[Path], None] = 
     with temporary_worktree(repo) as work:
         return _hops(work, hops, on_hop, check=check, tag_head=False,
                      extra_roots=(Path(repo.working_tree_dir or "."),))
+
+
+# --- sharing the result ----------------------------------------------------------------------
+
+NO_PROMPT = {"GIT_TERMINAL_PROMPT": "0"}  # a credential prompt would hang a scheduled run until its timeout
+REJECTED, UP_TO_DATE = "!", "="  # `git push --porcelain` flags
+
+
+def _push_lines(out: str) -> list[tuple[str, str, str]]:
+    """(flag, remote ref, summary) of each ref line of `git push --porcelain` output."""
+    lines = []
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and len(parts[0]) == 1:
+            lines.append((parts[0], parts[1].rsplit(":", 1)[-1], parts[2]))
+    return lines
+
+
+def push_to_company_remote(integration_dir: Path, remote: str, branch: str | None = None) -> list[str]:
+    """Push the production branch (default: the checked-out one) and every pre-upgrade/ tag to
+    the configured remote `remote`: never forced, all or nothing (`--atomic`). Returns the refs
+    the remote did not have yet (empty when it was up to date).
+
+    failed-upgrade/ tags stay local: they hold merges that never reached production, are for
+    diagnosing this host, and would only add abandoned commits to a shared remote."""
+    validate_remote(remote)
+    repo = open_integration(integration_dir)
+    if remote not in [r.name for r in repo.remotes]:
+        raise RemoteMissing(f"the clone at {repo.working_tree_dir} has no remote {remote!r}",
+                            f"add it (git remote add {remote} <url>) or change staging.push_remote")
+    if branch is None:
+        if repo.head.is_detached:
+            raise NotOnProductionBranch("HEAD is detached (not on a branch): nothing to push",
+                                        "check out the production branch or name it")
+        branch = repo.active_branch.name
+    if validate_branch(branch) not in [head.name for head in repo.heads]:
+        raise InvalidRef(f"the clone has no branch {branch!r}", "name a local branch (git branch --list)")
+    refs = [f"refs/heads/{branch}",
+            *(f"refs/tags/{tag}" for tag in _git(repo, "tag", "--list", f"{PRE_UPGRADE_PREFIX}*").split())]
+    status, out, err = repo.git.execute(
+        ["git", "push", "--porcelain", "--atomic", remote, *(f"{ref}:{ref}" for ref in refs)],
+        with_extended_output=True, with_exceptions=False, env=NO_PROMPT, kill_after_timeout=FETCH_TIMEOUT_S)
+    results = _push_lines(out)
+    if any(flag == REJECTED for flag, _, _ in results):
+        # With --atomic every other ref is refused too ("atomic push failed"); name only the causes.
+        causes = [f"{ref}: {summary}" for flag, ref, summary in results
+                  if flag == REJECTED and "atomic push failed" not in summary] or [err.strip()]
+        raise PushRejected(f"{remote} refused the push (nothing was pushed):\n  " + "\n  ".join(causes),
+                           f"{remote} has commits or tags this clone does not: fetch and look "
+                           f"(git fetch {remote}; git log {branch}..{remote}/{branch}); never force-push "
+                           "over another host's history (use a branch per host)")
+    if status != 0:
+        raise RemoteUnreachable(f"`git push {remote}` failed: {(err or out).strip()}",
+                                f"check the remote's URL and credentials (git remote -v; git push {remote} by hand)")
+    return [ref for flag, ref, _ in results if flag != UP_TO_DATE]

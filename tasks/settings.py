@@ -11,12 +11,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from tasks.errors import UpgradeError
+from tasks.repository import REMOTE_NAME_PATTERN
 from tasks.store import BackupStore, LocalStore, S3Store, parse_target, s3_client
 
 VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
+# A host id given to look up another host's runs: never starting with '-' or '.', so it cannot
+# pass for an option or a relative name anywhere it ends up.
+HOST_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
 
 
 class ConfigInvalid(UpgradeError):
@@ -42,6 +46,8 @@ class BackupSettings(BaseModel):
     secret_block: str | None = Field(None, description="name of a Prefect Secret block holding the S3 secret key")
     object_lock_days: int | None = Field(None, ge=1, le=3650,
                                          description="S3 Object Lock (GOVERNANCE) retention for every backup object")
+    immutable: bool = Field(False, description="refuse an S3 bucket without versioning and Object Lock, "
+                            "so no one (not even a leaked key) can delete a backup early")
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         None, description="ask S3 to encrypt objects at rest")
     mode: BackupMode = Field(BackupMode.quiesce, description="quiesce stops the API services while backing up; hot stops nothing")
@@ -57,6 +63,12 @@ class BackupSettings(BaseModel):
             raise ValueError(f"{exc.message}; {exc.hint}") from None
         return value
 
+    @model_validator(mode="after")
+    def _immutable_needs_s3(self) -> "BackupSettings":
+        if self.immutable and not self.target.startswith("s3://"):
+            raise ValueError("backup.immutable needs an s3:// target (a local folder cannot be made immutable)")
+        return self
+
     def open_store(self) -> BackupStore:
         scheme, where, prefix = parse_target(self.target)
         if scheme == "file":
@@ -69,7 +81,7 @@ class BackupSettings(BaseModel):
                            self.path_style, self.aws_profile)
         return S3Store(bucket=where, prefix=prefix, client=client, endpoint=self.endpoint_url or "AWS S3",
                        server_side_encryption=self.server_side_encryption,
-                       object_lock_days=self.object_lock_days, part_size=self.part_size_mib * 1024 * 1024)
+                       object_lock_days=self.object_lock_days, immutable=self.immutable, part_size=self.part_size_mib * 1024 * 1024)
 
 
 class UpgradeSettings(BaseModel):
@@ -92,6 +104,7 @@ class UpgradeSettings(BaseModel):
     lock_wait_s: float = Field(10, ge=0, le=86400, description="how long a second run for the same host waits for the first")
     window: "MaintenanceWindow" = Field(default_factory=lambda: MaintenanceWindow())
     approval: "ApprovalPolicy" = Field(default_factory=lambda: ApprovalPolicy())
+    staging: "StagingPolicy" = Field(default_factory=lambda: StagingPolicy())
 
     def host(self) -> str:
         import socket
@@ -170,6 +183,21 @@ class ApprovalPolicy(BaseModel):
     require_approval: bool = Field(True, description="pause for a human after planning, before anything changes")
     approve_before_downtime: bool = Field(False, description="pause again right before the containers stop")
     timeout_minutes: float = Field(60, gt=0, le=7 * 24 * 60, description="an unanswered approval counts as rejected")
+
+
+class StagingPolicy(BaseModel):
+    """Staging before production: prove a target on the staging server, share the result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_completed_on: str | None = Field(
+        None, pattern=HOST_REF_PATTERN,
+        description="host id of the staging server; when set, this host upgrades only to a target version "
+                    "whose upgrade run completed there (same Prefect server)")
+    push_remote: str | None = Field(
+        None, pattern=REMOTE_NAME_PATTERN, max_length=64,
+        description="name of a git remote of the integration clone (e.g. company); when set, a completed "
+                    "run pushes the production branch and its pre-upgrade/ tags there (never forced)")
 
 
 UpgradeSettings.model_rebuild()

@@ -7,6 +7,7 @@ steps are never cached. The logic lives in the step modules and is tested withou
 
 from __future__ import annotations
 
+import time
 
 import docker
 from prefect import get_run_logger, task
@@ -23,8 +24,17 @@ TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_fact
 ONCE = dict(retries=0, cache_policy=NO_CACHE)
 
 
-def _docker() -> docker.DockerClient:
-    return docker.from_env(timeout=120)
+def _docker(wait_s: float = 0) -> docker.DockerClient:
+    """A Docker client; with `wait_s`, wait that long for an engine that is restarting (a
+    rollback must not give up because dockerd is coming back)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return docker.from_env(timeout=120)
+        except docker.errors.DockerException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1)
 
 
 @task(name="plan-upgrade", **TRANSIENT)
@@ -142,7 +152,7 @@ def mongo_hop_finish_task(settings: UpgradeSettings, new: str) -> str:
 @task(name="ensure-running", **TRANSIENT)
 def ensure_running_task(settings: UpgradeSettings) -> list[str]:
     logger = get_run_logger()
-    started = containers.ensure_running(_docker(), settings.integration_dir, project=settings.compose_project,
+    started = containers.ensure_running(_docker(wait_s=120), settings.integration_dir, project=settings.compose_project,
                                         health_timeout=settings.health_timeout_s,
                                         stability_window=min(settings.stability_window_s, 10), log=logger.warning)
     logger.info("every service runs and is healthy" + (f" (started {', '.join(started)})" if started else ""))
@@ -152,7 +162,7 @@ def ensure_running_task(settings: UpgradeSettings) -> list[str]:
 @task(name="rollback", **ONCE)
 def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgrade_tag: str) -> rollback.RollbackReport:
     logger = get_run_logger()
-    return rollback.roll_back(_docker(), settings.integration_dir, settings.backup.open_store(), manifest,
+    return rollback.roll_back(_docker(wait_s=120), settings.integration_dir, settings.backup.open_store(), manifest,
                               pre_upgrade_tag, project=settings.compose_project,
                               health_timeout=settings.health_timeout_s,
                               stability_window=min(settings.stability_window_s, 10), log=logger.warning)

@@ -62,6 +62,7 @@ class BackupStore(Protocol):
     def list_keys(self, prefix: str) -> list[str]: ...
     def delete_keys(self, keys: list[str]) -> None: ...
     def probe(self) -> None: ...
+    def abort_stale_uploads(self) -> list[str]: ...
 
 
 def read_full(stream: BinaryIO, size: int) -> bytes:
@@ -233,6 +234,17 @@ class S3Store:
         out = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(""))
         return [u["Key"] for u in out.get("Uploads", [])]
 
+    def abort_stale_uploads(self) -> list[str]:
+        """Abort multipart uploads a killed run left under this prefix (their parts cost storage
+        and no manifest names them). Called with the host's lock held, so none is live."""
+        try:
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key("")).get("Uploads", [])
+            for upload in uploads:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._translate(exc, "abort unfinished uploads") from exc
+        return [u["Key"] for u in uploads]
+
     def require_immutable(self) -> None:
         """Versioning and Object Lock must be on: nobody (nor a leaked key) can destroy a backup."""
         try:
@@ -276,6 +288,13 @@ class LocalStore:
         if not path.is_relative_to(self.root.resolve()):
             raise UpgradeError(f"backup key {key!r} escapes the target folder", "this is a bug; report it")
         return path
+
+    def abort_stale_uploads(self) -> list[str]:
+        """Remove `.partial` files a killed run left behind."""
+        stale = sorted(self.root.rglob("*.partial")) if self.root.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return [str(path.relative_to(self.root)) for path in stale]
 
     def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt:
         path = self._path(key)

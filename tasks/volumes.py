@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Generator, Iterator
 
 import docker
 import yaml
@@ -67,6 +67,13 @@ class IterStream(io.RawIOBase):
         self._buffer = self._buffer[n:]
         return n
 
+    def close(self) -> None:
+        # Close a generator source now, so its cleanup (removing the volume helper container)
+        # runs even when the upload failed half-way, not whenever garbage collection gets to it.
+        if isinstance(self._chunks, Generator):
+            self._chunks.close()
+        super().close()
+
 
 @contextmanager
 def helper_container(client: docker.DockerClient, image: str, volumes: dict[str, str], read_only: bool):
@@ -79,6 +86,15 @@ def helper_container(client: docker.DockerClient, image: str, volumes: dict[str,
         yield container
     finally:
         container.remove(force=True)
+
+
+def remove_stale_helpers(client: docker.DockerClient) -> list[str]:
+    """Remove helper containers a killed run left (they pin the volumes); none is live while
+    the host's upgrade lock is held."""
+    stale = client.containers.list(all=True, filters={"label": HELPER_LABEL})
+    for container in stale:
+        container.remove(force=True)
+    return [c.name for c in stale]
 
 
 def volume_tar_stream(client: docker.DockerClient, image: str, volume: str) -> Iterator[bytes]:

@@ -21,6 +21,7 @@ from sandbox.releases import Release
 from tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
 from tasks.containers import compose_services, project_states, wait_until_healthy
 from tasks.restore import check_archives
+from tasks.volumes import HELPER_LABEL
 from tasks.settings import BackupSettings
 from tests.sandbox.conftest import mongo_snapshot
 
@@ -137,6 +138,8 @@ def assert_invariants(sandbox, before: Before, backups: BackupSettings, history:
     images = {s: st.image for s, st in project_states(sandbox.client).items()}
     allowed = [Release(before.version).images()] + ([Release(new_version).images()] if new_version else [])
     assert images in allowed, f"running images are neither {before.version} nor {new_version}: {images}"
+    helpers = sandbox.client.containers.list(all=True, filters={"label": HELPER_LABEL})
+    assert not helpers, f"volume helper containers left behind: {[c.name for c in helpers]}"
     # 2
     store = backups.open_store()
     check_archives(store, newest_verified_backup(store))

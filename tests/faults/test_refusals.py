@@ -116,8 +116,13 @@ def test_window_closed(prefect_api, sandbox, fault, baseline):
 @pytest.mark.fault(case="second concurrent run", injected="a run for a host whose lock another run holds")
 def test_second_run_for_the_same_host_is_held(prefect_api, sandbox, fault, baseline):
     settings = flow_settings(sandbox, "2.7.2", host_id="host-a", lock_wait_s=1)
+    opened = (datetime.now(timezone.utc) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
     with host_lock("host-a", 1):
         _refused_flow(sandbox, fault, baseline, settings, ["another upgrade of host-a is running"])
+        # Meanwhile another host's run gets past its lock (and ends at its closed window).
+        other, run_b, _ = run_flow(flow_settings(sandbox, "2.7.2", host_id="host-b", lock_wait_s=1,
+                                                 window={"start": opened, "duration_minutes": 60}))
+        assert other.is_cancelled() and "window closed" in report_of(run_b)
 
 
 @pytest.mark.fault(case="approval rejected", injected="the approver says no, with a comment")

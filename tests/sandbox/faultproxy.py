@@ -6,11 +6,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, cut_after_bytes: int | None = None, outage_s: float = 4.0) -> None:
+    def __init__(self, target_port: int, cut_after_bytes: int | None = None, outage_s: float = 4.0,
+                 on_request: tuple[list[bytes], Callable[[], None]] | None = None) -> None:
         self.target_port = target_port
+        # (byte strings, action): run the action once, before forwarding the first client chunk
+        # holding all of them (e.g. an S3 request line naming a key), to inject a fault in step.
+        self.on_request = on_request
         self.cut_after_bytes = cut_after_bytes
         self.outage_s = outage_s
         self.forwarded = 0
@@ -45,6 +50,9 @@ class FaultProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, counts: bool) -> None:
         try:
             while data := src.recv(65536):
+                if counts and self.on_request and all(part in data for part in self.on_request[0]):
+                    action, self.on_request = self.on_request[1], None
+                    action()
                 dst.sendall(data)
                 if counts:
                     with self._lock:

@@ -1,0 +1,135 @@
+"""Faults once downtime has begun or the run was killed: the server ends healthy on the old
+version (rolled back with the run's verified backup) or on the new one, and nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from typer.testing import CliRunner
+
+from flows.cli import app
+from sandbox import engine, stack
+from sandbox.integration_fixture import add_broken_release
+from sandbox.releases import BROKEN_VERSION
+from sandbox.s3 import S3_PORT
+from tasks.settings import load_settings
+from tests.faults.conftest import assert_invariants, take_before
+from tests.flowrun import flow_settings, report_of, run_flow
+from tests.sandbox.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.sandbox
+
+
+def _restart_dockerd(sandbox) -> None:
+    """What `systemctl restart docker` does: the engine stops (its containers with it) and starts again."""
+    pid = int(Path("/var/run/docker.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path("/var/run/docker.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    engine.ensure_engine(sandbox.home)
+
+
+@pytest.mark.fault(case="docker daemon restarted during `up -d`",
+                   injected="dockerd stopped and started again while `./run up -d` creates the new containers")
+def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
+    stack.mark_dirty(sandbox)
+    before = take_before(sandbox)
+    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False)
+    restarted = threading.Event()
+
+    def restart_when_up_begins() -> None:
+        # After `./run rm -f` the project has no container; the first new one means `up -d` runs.
+        emptied = False
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            count = len(sandbox.client.containers.list(  # sparse: no inspect of containers being removed
+                all=True, sparse=True, filters={"label": "com.docker.compose.project=menderproduction"}))
+            emptied = emptied or count == 0
+            if emptied and count > 0:
+                _restart_dockerd(sandbox)
+                restarted.set()
+                return
+            time.sleep(0.05)
+    watcher = threading.Thread(target=restart_when_up_begins, daemon=True)
+    watcher.start()
+    state, run_id, _ = run_flow(settings, answer=lambda d: (True, "go"))
+    watcher.join(timeout=5)
+    assert restarted.is_set(), "the engine was never restarted"
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    # Either outcome keeps the invariants: rolled back to 2.6.4, or the stack came up on 2.7.2 anyway.
+    assert state.is_failed() or state.is_completed(), state.message
+    if state.is_failed():
+        assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4"])
+    else:
+        assert_invariants(sandbox, before, settings.backup, report, ["**completed**"], new_version="2.7.2")
+
+
+@pytest.mark.fault(case="new version never healthy", injected=f"target {BROKEN_VERSION}, whose deployments service never gets healthy")
+def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
+    stack.mark_dirty(sandbox)
+    add_broken_release(sandbox.upstream)
+    before = take_before(sandbox)
+    settings = flow_settings(sandbox, BROKEN_VERSION, health_timeout_s=25)
+    state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
+    assert state.is_failed()
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
+    assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
+
+
+@pytest.mark.fault(case="flow killed with SIGKILL mid-backup, then started again",
+                   injected="`mender-upgrade run` SIGKILLed as its volume upload starts (writers stopped, lock held)")
+def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+    stack.mark_dirty(sandbox)
+    before = take_before(sandbox)
+    killed: list[subprocess.Popen] = []
+    proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/volumes/"], lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
+    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False, lock_wait_s=2, backup={"endpoint_url": proxy.url})
+    data = settings.model_dump(mode="json")
+    data["backup"]["secret_access_key"] = sandbox.s3.secret_key
+    config = tmp_path / "upgrade.yaml"
+    config.write_text(yaml.safe_dump(data))
+    cli = Path(sys.executable).parent / "mender-upgrade"
+    try:
+        killed.append(subprocess.Popen([str(cli), "run", "--config", str(config), "--yes"], start_new_session=True,
+                                       env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()},
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert killed[0].wait(timeout=300) == -signal.SIGKILL
+    finally:
+        proxy.close()
+    assert proxy.on_request is None, "the run was not killed mid-backup"
+    direct = load_settings(data | {"backup": data["backup"] | {"endpoint_url": sandbox.s3.url}})
+
+    # Started again: the dead run still holds the host's lock, and the refusal says how to free it.
+    state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
+    held = report_of(run_id)
+    assert state.is_failed() and "another upgrade of" in held and "mender-upgrade unlock" in held
+    result = CliRunner().invoke(app, ["unlock", settings.host_id, "--force"])
+    assert result.exit_code == 0 and "freed" in result.output, result.output
+    state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
+    report = report_of(run_id)
+    assert state.is_completed(), state.message
+    fault.did = ("the dead run holds the lock: the new run refuses and names `mender-upgrade unlock`; after "
+                 "`unlock --force` the dead run shows Crashed, the new run clears its leftovers and completes")
+    store = direct.backup.open_store()
+    assert store.pending_uploads() == []
+    with get_client(sync_client=True) as client:
+        dead = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
+                if r.state and r.state.type.value == "CRASHED" and (r.parameters["settings"]["host_id"] == settings.host_id)]
+    assert dead and "unlock --force" in dead[0].state.message
+    assert_invariants(sandbox, before, direct.backup, report, ["**completed**"], new_version="2.7.2")

@@ -1,0 +1,86 @@
+"""Faults in the middle of a run, after approval and before any downtime: the run fails, undoes
+what it changed, and leaves the old version serving."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from sandbox.s3 import S3_PORT
+from tasks.containers import project_states
+from tests.faults.conftest import assert_invariants, take_before
+from tests.flowrun import flow_settings, report_of, run_flow
+from tests.sandbox.faultproxy import FaultProxy
+
+pytestmark = pytest.mark.sandbox
+
+
+def _stop_mongo(sandbox) -> None:
+    sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id).stop(timeout=5)
+
+
+def _failed_run(sandbox, fault, settings, answer=lambda d: (True, "go")) -> str:
+    state, run_id, asked = run_flow(settings, answer=answer)
+    assert state.is_failed() and len(asked) == 1, state.message
+    report = report_of(run_id)
+    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    return report
+
+
+@pytest.mark.fault(case="mongo stopped before backup", injected="mender-mongo stopped right after the approval")
+def test_mongo_stopped_before_backup(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+
+    def stop_then_approve(description):
+        _stop_mongo(sandbox)
+        return True, "go"
+    report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2"), stop_then_approve)
+    assert_invariants(sandbox, before, baseline, report,
+                      ["**failed**", "mender-mongo", "not running", "before any downtime", "started mender-mongo"])
+
+
+@pytest.mark.fault(case="mongo stopped during cleanup",
+                   injected="mender-mongo stopped once the cleanup's saved copy reaches S3, before its deletes")
+def test_mongo_stopped_during_cleanup(prefect_api, sandbox, fault, baseline):
+    before = take_before(sandbox)
+    proxy = FaultProxy(S3_PORT, on_request=([b"/cleanup/", b"manifest.json"], lambda: _stop_mongo(sandbox)))
+    try:
+        settings = flow_settings(sandbox, "2.7.2", backup={"endpoint_url": proxy.url})
+        report = _failed_run(sandbox, fault, settings)
+    finally:
+        proxy.close()
+    assert proxy.on_request is None, "the fault was never injected"
+    assert_invariants(sandbox, before, settings.backup, report,
+                      ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"])
+
+
+@pytest.mark.fault(case="S3 killed mid-upload", injected="every S3 connection cut 12 MB into the backup, S3 gone after")
+def test_s3_killed_mid_upload(prefect_api, sandbox, fault, baseline):
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    minio.exec_run(["sh", "-c", "head -c 24000000 /dev/urandom > /export/filler.bin"])
+    before = take_before(sandbox)
+    proxy = FaultProxy(S3_PORT, cut_after_bytes=12_000_000, outage_s=3600)
+    try:
+        settings = flow_settings(sandbox, "2.7.2", backup={"endpoint_url": proxy.url})
+        report = _failed_run(sandbox, fault, settings)
+        assert proxy.cuts == 1
+    finally:
+        proxy.close()
+        minio.exec_run(["rm", "-f", "/export/filler.bin"])
+    assert_invariants(sandbox, before, baseline, report, ["**failed**", "unreachable", "before any downtime"])
+
+
+@pytest.mark.fault(case="local backup target full", injected="backup target on a 1 MiB tmpfs")
+def test_local_backup_target_full(prefect_api, sandbox, fault, baseline, tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        before = take_before(sandbox)
+        report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2", backup={"target": f"file://{mount}/b"}))
+        leftovers = [p for p in (mount / "b").rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name.endswith(".partial") or p.name == "manifest.json"]
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert_invariants(sandbox, before, baseline, report, ["**failed**", "full", "before any downtime"])

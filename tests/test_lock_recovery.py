@@ -1,0 +1,141 @@
+"""A crashed run's host lock, on the session's Prefect test server.
+
+The test server runs no lease repossessor, so a SIGKILLed holder's slot stays taken there for
+good (as on any server after a restart): only `release_stale_lock` frees it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled, Paused, Running
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.lock import LockHeldByLiveRun, UpgradeAlreadyRunning, host_lock, lock_status, release_stale_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+HOLDER = """
+import sys
+from flows.lock import host_lock
+with host_lock(sys.argv[1], 5):
+    print("acquired", flush=True)
+    sys.stdin.readline()  # holds the lock until told to go (or killed)
+"""
+
+
+@flow(name="upgrade-mender", persist_result=False)
+def upgrade_mender_stand_in(settings: dict) -> None:
+    """Only its name and parameters matter: runs are created in a state, never executed."""
+
+
+def new_host() -> str:
+    return f"prod-{uuid.uuid4().hex[:8]}"  # the test server is shared: a host per test
+
+
+def start_holder(host: str) -> subprocess.Popen[str]:
+    """Another process holding `host`'s lock (from another Python, as a real run would)."""
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, host], cwd=ROOT, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    if holder.stdout.readline().strip() != "acquired":
+        holder.kill()
+        pytest.fail("the holder process did not get the lock")
+    return holder
+
+
+def hold_and_kill(host: str) -> None:
+    """A process takes `host`'s lock and is SIGKILLed while holding it (no release, no cleanup)."""
+    holder = start_holder(host)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+
+
+def test_a_killed_holders_slot_stays_taken_until_released(prefect_api) -> None:
+    host = new_host()
+    hold_and_kill(host)
+    with pytest.raises(UpgradeAlreadyRunning, match=f"unlock {host}"), host_lock(host, wait_s=1):
+        pass
+    assert lock_status(host).held and lock_status(host).live_runs == []
+
+    assert release_stale_lock(host).held  # the status it found
+    assert not lock_status(host).held
+    with host_lock(host, wait_s=1), pytest.raises(UpgradeAlreadyRunning), host_lock(host, wait_s=1):
+        pass  # the recreated lock still keeps a second run out
+    assert not lock_status(host).held
+
+
+def test_nothing_to_free_is_said_and_changes_nothing(prefect_api) -> None:
+    host = new_host()
+    assert not release_stale_lock(host).exists
+    result = CliRunner().invoke(app, ["unlock", host])
+    assert result.exit_code == 0 and "no lock" in result.output
+    with host_lock(host, wait_s=1):
+        pass
+    result = CliRunner().invoke(app, ["unlock", host])
+    assert result.exit_code == 0 and "holds no slot" in result.output
+
+
+def test_a_running_or_paused_upgrade_of_the_host_blocks_unlock_unless_forced(prefect_api) -> None:
+    host = new_host()
+    hold_and_kill(host)
+    with get_client(sync_client=True) as client:
+        mine = client.create_flow_run(upgrade_mender_stand_in, parameters={"settings": {"host_id": host}},
+                                      state=Paused())
+        other = client.create_flow_run(upgrade_mender_stand_in, parameters={"settings": {"host_id": new_host()}},
+                                       state=Running())
+        try:
+            with pytest.raises(LockHeldByLiveRun) as err:
+                release_stale_lock(host)
+            assert str(mine.id) in err.value.message and str(other.id) not in err.value.message
+            assert f"unlock {host} --force" in err.value.hint
+
+            result = CliRunner().invoke(app, ["unlock", host])
+            assert result.exit_code == 1 and str(mine.id) in result.output and lock_status(host).held
+
+            result = CliRunner().invoke(app, ["unlock", host, "--force"])
+            assert result.exit_code == 0 and "freed" in result.output and "forced past 1" in result.output
+            assert not lock_status(host).held
+        finally:
+            for run in (mine, other):
+                client.set_flow_run_state(run.id, Cancelled(), force=True)
+
+
+def test_a_live_run_without_host_id_may_hold_any_hosts_lock(prefect_api) -> None:
+    host = new_host()
+    hold_and_kill(host)
+    with get_client(sync_client=True) as client:
+        unnamed = client.create_flow_run(upgrade_mender_stand_in, parameters={"settings": {"host_id": ""}},
+                                         state=Running())
+        try:
+            with pytest.raises(LockHeldByLiveRun, match="unnamed: its hostname"):
+                release_stale_lock(host)
+        finally:
+            client.set_flow_run_state(unnamed.id, Cancelled(), force=True)
+    release_stale_lock(host)
+    assert not lock_status(host).held
+
+
+def test_a_holder_forced_out_that_finishes_later_does_not_free_the_next_runs_slot(prefect_api) -> None:
+    host = new_host()
+    holder = start_holder(host)
+    try:
+        release_stale_lock(host)  # it is no flow run, so nothing looks alive: as with --force
+        with host_lock(host, wait_s=1):
+            holder.communicate("go\n", timeout=60)  # leaves its `with`: releases its (old) lease
+            assert holder.returncode == 0
+            assert lock_status(host).active_slots == 1
+            with pytest.raises(UpgradeAlreadyRunning), host_lock(host, wait_s=1):
+                pass
+    finally:
+        if holder.poll() is None:
+            holder.kill()

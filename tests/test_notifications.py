@@ -1,0 +1,141 @@
+"""The webhook automation end to end on the session's Prefect test server (no Docker): real
+flow runs, the server's trigger and action services, a real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+# The server renders `flow_run|ui_url` from its own PREFECT_UI_URL; the harness server inherits
+# this process's environment when it starts (after collection). A link base only, never called.
+os.environ.setdefault("PREFECT_UI_URL", "http://prefect-ui.invalid")
+
+from prefect import flow  # noqa: E402
+from prefect.automations import Automation  # noqa: E402
+from prefect.blocks.webhook import Webhook  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.flow_runs import pause_flow_run  # noqa: E402
+from prefect.runtime import flow_run as current_run  # noqa: E402
+from prefect.states import State  # noqa: E402
+
+from deployments.notifications import (  # noqa: E402
+    AUTOMATION_NAME, ROLLED_BACK_EVENT, WEBHOOK_BLOCK_NAME, apply_notifications, emit_rolled_back)
+
+
+@dataclass
+class Receiver:
+    url: str
+    posts: list[dict] = field(default_factory=list)
+
+    def for_run(self, run_id: str) -> list[dict]:
+        return [p for p in self.posts if p.get("flow_run_id") == run_id]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """An HTTP server on a random 127.0.0.1 port keeping every JSON body POSTed to it."""
+    posts: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:  # keep pytest output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield Receiver(url=f"http://127.0.0.1:{server.server_port}/hooks/secret-token", posts=posts)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def notifications(prefect_api, receiver: Receiver) -> Iterator[Receiver]:
+    """The automation applied (twice: it must be idempotent); removed afterwards so later
+    upgrade-mender runs in this session do not call a receiver that is gone."""
+    first = apply_notifications(receiver.url)
+    assert apply_notifications(receiver.url) == first
+    yield receiver
+    Automation.read(id=first).delete()
+    Webhook.delete(WEBHOOK_BLOCK_NAME)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def run_id_of(state: State) -> str:
+    return str(state.state_details.flow_run_id)
+
+
+@flow(name="upgrade-mender")
+def approval_times_out() -> None:
+    pause_flow_run(timeout=2, poll_interval=1, key="plan")
+
+
+@flow(name="upgrade-mender")
+def upgrade_fails() -> None:
+    raise RuntimeError("preflight failed")
+
+
+@flow(name="upgrade-mender")
+def upgrade_rolled_back() -> None:
+    emit_rolled_back(str(current_run.id), "cycle 2.7.2 failed; back on 2.6.4")
+    raise RuntimeError("upgrade to 2.7.2 failed and was rolled back")
+
+
+@flow(name="some-other-flow")
+def other_flow_pauses_and_fails() -> None:
+    pause_flow_run(timeout=2, poll_interval=1)
+
+
+def test_automation_is_one_by_name(notifications: Receiver) -> None:
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+    block = Webhook.load(WEBHOOK_BLOCK_NAME)
+    assert block.url.get_secret_value() == notifications.url
+    assert "secret-token" not in repr(block) and "secret-token" not in str(block.model_dump())
+
+
+def test_webhook_called_for_pause_failure_and_rollback_of_upgrade_runs_only(notifications: Receiver) -> None:
+    # The other flow runs first: once the later upgrade runs' calls arrived, its would have too.
+    other = run_id_of(other_flow_pauses_and_fails(return_state=True))
+    paused = run_id_of(approval_times_out(return_state=True))
+    failed = run_id_of(upgrade_fails(return_state=True))
+    rolled_back = run_id_of(upgrade_rolled_back(return_state=True))
+    expected = {(paused, "prefect.flow-run.Paused"), (paused, "prefect.flow-run.Failed"),
+                (failed, "prefect.flow-run.Failed"),
+                (rolled_back, ROLLED_BACK_EVENT), (rolled_back, "prefect.flow-run.Failed")}
+
+    def received() -> set[tuple[str, str]]:
+        return {(p["flow_run_id"], p["event"]) for p in notifications.posts}
+
+    wait_until(lambda: expected <= received(), what=f"webhook calls {expected}, got {received()}")
+    assert notifications.for_run(other) == []
+    for run_id, event in expected:
+        post = next(p for p in notifications.for_run(run_id) if p["event"] == event)
+        assert post["flow"] == "upgrade-mender"
+        assert post["ui_url"].endswith(f"/runs/flow-run/{run_id}")
+        assert post["flow_run_name"] in post["text"] and post["ui_url"] in post["text"]
+    rollback = next(p for p in notifications.for_run(rolled_back) if p["event"] == ROLLED_BACK_EVENT)
+    assert rollback["reason"] == "cycle 2.7.2 failed; back on 2.6.4"
+    states = {(p["flow_run_id"], p["event"]): p["state"] for p in notifications.posts}
+    assert states[paused, "prefect.flow-run.Paused"] == "Paused"
+    assert states[failed, "prefect.flow-run.Failed"] == "Failed"
