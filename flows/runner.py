@@ -28,7 +28,7 @@ FLOW_NAME = "upgrade-mender"
 def ensure_local_server(home: Path, port: int = 4200, log: Callable[[str], None] = print) -> str:
     """Start `prefect server start` on 127.0.0.1 (SQLite in `home`) unless one answers; return the API URL."""
     api = f"http://127.0.0.1:{port}/api"
-    if _healthy(api):
+    if api_healthy(api):
         return api
     home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -37,18 +37,19 @@ def ensure_local_server(home: Path, port: int = 4200, log: Callable[[str], None]
     prefect = shutil.which("prefect") or str(Path(sys.executable).parent / "prefect")
     log(f"starting a local Prefect server on 127.0.0.1:{port} (log: {home / 'server.log'})")
     with open(home / "server.log", "ab") as out:
-        subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
-                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                         start_new_session=True)
+        server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                                   "--analytics-off"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=env, start_new_session=True)
+    (home / "server.pid").write_text(str(server.pid))  # to stop it: kill its process group
     deadline = time.monotonic() + 90
-    while not _healthy(api):
+    while not api_healthy(api):
         if time.monotonic() > deadline:
             raise UpgradeError("the local Prefect server did not start within 90 s", f"see {home / 'server.log'}")
         time.sleep(0.5)
     return api
 
 
-def _healthy(api: str) -> bool:
+def api_healthy(api: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api}/health", timeout=1) as r:
             return r.status == 200

@@ -101,13 +101,18 @@ def paused(client: SyncPrefectClient, run: FlowRun) -> bool:
     return state_of(client, run) == StateType.PAUSED
 
 
-def test_sigterm_leaves_a_paused_run_paused_and_resumable(client: SyncPrefectClient, served) -> None:
-    serve = served()
+def paused_run_then_sigterm(client: SyncPrefectClient, serve):
+    """Start a run, wait until it pauses for approval, SIGTERM serve, see it keep the run."""
     run = serve.start_run(client)
     wait_for(lambda: paused(client, run), 60, "the run to pause")
-
     serve.process.send_signal(signal.SIGTERM)
     wait_for(lambda: "Not cancelling run" in serve.output(), 30, "the runner to keep the paused run")
+    return run
+
+
+def test_sigterm_leaves_a_paused_run_paused_and_resumable(client: SyncPrefectClient, served) -> None:
+    serve = served()
+    run = paused_run_then_sigterm(client, serve)
     assert serve.process.poll() is None, "serve exits only after its paused run has ended"
     assert state_of(client, run) == StateType.PAUSED
 
@@ -120,11 +125,7 @@ def test_sigterm_leaves_a_paused_run_paused_and_resumable(client: SyncPrefectCli
 
 def test_second_sigterm_cancels_the_paused_run_and_stops(client: SyncPrefectClient, served) -> None:
     serve = served()
-    run = serve.start_run(client)
-    wait_for(lambda: paused(client, run), 60, "the run to pause")
-    serve.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: "Not cancelling run" in serve.output(), 30, "the runner to keep the paused run")
-
+    run = paused_run_then_sigterm(client, serve)
     serve.process.send_signal(signal.SIGTERM)
     assert serve.process.wait(30) == 0, serve.output()
     state = client.read_flow_run(run.id).state

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from uuid import UUID
 
 import pytest
 
+from flows.runner import api_healthy
 from tests.browser.ui_approval import CHROMIUM, approve_in_browser
 
 pytestmark = pytest.mark.browser
@@ -106,7 +106,7 @@ def prefect_ui_server(home: Path) -> Iterator[str]:
                                   start_new_session=True)  # own process group: its uvicorn child goes with it
     try:
         t0 = time.monotonic()
-        while not _healthy(f"{base}/api"):
+        while not api_healthy(f"{base}/api"):
             if server.poll() is not None or time.monotonic() - t0 > 120:
                 pytest.fail(f"prefect server on :{port} did not come up; {home / 'server.log'}:\n"
                             f"{(home / 'server.log').read_text()[-3000:]}")
@@ -126,14 +126,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _healthy(api: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def _wait_for_form(run_id: UUID, timeout_s: float) -> None:
