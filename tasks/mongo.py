@@ -19,11 +19,19 @@ class MongoUnreachable(TransientError):
     """mender-mongo does not answer."""
 
 
+class MongoNotRunning(UpgradeError):
+    """mender-mongo is stopped or missing: nothing brings it back by waiting, so no retry."""
+
+
 def mongo_container(client: docker.DockerClient, project: str = PROJECT):
     state = project_states(client, project).get(MONGO_SERVICE)
-    if state is None or state.status != "running":
-        raise MongoUnreachable(f"the {MONGO_SERVICE} service of project {project!r} is not running",
-                               "start it with `./run up -d mender-mongo`")
+    if state is None or state.status in ("exited", "created", "dead"):
+        raise MongoNotRunning(f"the {MONGO_SERVICE} service of project {project!r} is not running "
+                              f"({state.status if state else 'no container'})",
+                              "start it with `./run up -d mender-mongo`")
+    if state.status != "running":  # restarting, paused: it may come back by itself
+        raise MongoUnreachable(f"the {MONGO_SERVICE} service of project {project!r} is {state.status}",
+                               "wait for it, or start it with `./run up -d mender-mongo`")
     return client.containers.get(state.container_id)
 
 

@@ -63,5 +63,5 @@ def everything_recorded(run_id: str) -> tuple[int, str]:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         run = client.read_flow_run(UUID(run_id))
     parts = [*(entry.message for entry in logs), *(f"{a.data} {a.description}" for a in arts), str(run.parameters),
-             run.state.message if run.state else ""]
+             (run.state.message or "") if run.state else ""]
     return len(logs), "\n".join(parts)

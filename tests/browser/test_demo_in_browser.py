@@ -48,7 +48,6 @@ def test_demo_is_approved_in_the_ui_and_completes(sandbox, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     env |= {"MENDER_UPGRADE_HOME": str(home)}
     cli = Path(sys.executable).parent / "mender-upgrade"
-    stack.mark_dirty(sandbox)  # it ends at 2.7.2
     demo = subprocess.Popen([str(cli), "demo"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -59,6 +58,7 @@ def test_demo_is_approved_in_the_ui_and_completes(sandbox, tmp_path):
     finally:
         if demo.poll() is None:
             demo.kill()
+        stack.mark_dirty(stack.attach())  # after the demo's own `sandbox up`: it ends at 2.7.2
         pid_file = home / "prefect" / "server.pid"
         if pid_file.exists():
             os.killpg(int(pid_file.read_text()), signal.SIGTERM)

@@ -21,8 +21,8 @@ from sandbox.releases import Release
 from tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
 from tasks.containers import compose_services, project_states, wait_until_healthy
 from tasks.restore import check_archives
-from tasks.volumes import HELPER_LABEL
 from tasks.settings import BackupSettings
+from tasks.volumes import HELPER_LABEL
 from tests.sandbox.conftest import mongo_snapshot
 
 RESULTS = Path(__file__).resolve().parents[2] / ".sandbox" / "reliability"

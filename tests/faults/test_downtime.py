@@ -26,6 +26,7 @@ from sandbox.s3 import S3_PORT
 from tasks.settings import load_settings
 from tests.faults.conftest import assert_invariants, take_before
 from tests.flowrun import flow_settings, report_of, run_flow
+from tests.sandbox.conftest import artifact_snapshot
 from tests.sandbox.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.sandbox
@@ -73,6 +74,7 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
     assert state.is_failed() or state.is_completed(), state.message
     if state.is_failed():
         assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4"])
+        sandbox.home.write_state(dirty=False)  # back at 2.6.4 with its data: no fresh sandbox needed
     else:
         assert_invariants(sandbox, before, settings.backup, report, ["**completed**"], new_version="2.7.2")
 
@@ -82,6 +84,7 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     stack.mark_dirty(sandbox)
     add_broken_release(sandbox.upstream)
     before = take_before(sandbox)
+    artifacts = artifact_snapshot(sandbox)
     settings = flow_settings(sandbox, BROKEN_VERSION, health_timeout_s=25)
     state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
     assert state.is_failed()
@@ -89,6 +92,7 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     fault.did = report.split("- why: ", 1)[1].splitlines()[0]
     assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
     assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
+    assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 
 
 @pytest.mark.fault(case="flow killed with SIGKILL mid-backup, then started again",

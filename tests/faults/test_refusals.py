@@ -15,7 +15,12 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.lock import host_lock
 from tasks.backup import Manifest, ensure_verified_backup
-from tests.faults.conftest import SEEN_TEXT, assert_invariants, committed_change, take_before
+from tests.faults.conftest import (
+    SEEN_TEXT,
+    assert_invariants,
+    committed_change,
+    take_before,
+)
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.unit.test_settings import WRONG
 
@@ -79,6 +84,15 @@ def test_merge_conflict_is_found_by_the_dry_run(prefect_api, sandbox, fault, bas
 @pytest.mark.fault(case="unknown target", injected="target_version 9.9.9")
 def test_unknown_target(prefect_api, sandbox, fault, baseline):
     _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "9.9.9"), ["**refused**", "9.9.9"])
+
+
+@pytest.mark.fault(case="production before staging",
+                   injected="staging.require_completed_on names a host with no completed run to the target")
+def test_production_run_before_staging_is_refused(prefect_api, sandbox, fault, baseline):
+    settings = flow_settings(sandbox, "2.7.2", staging={"require_completed_on": "staging-never-upgraded"})
+    _, _, asked = _refused_flow(sandbox, fault, baseline, settings,
+                                ["**refused**", "no upgrade of staging host staging-never-upgraded to 2.7.2"])
+    assert asked == []
 
 
 @pytest.mark.fault(case="malformed prod.yml", injected="committed prod.yml that is not YAML")

@@ -3,21 +3,20 @@ major hops and automatic rollback, on the sandbox."""
 
 from __future__ import annotations
 
-import git
 import pytest
 
 from sandbox import stack
-from sandbox.integration_fixture import add_broken_release
-from sandbox.releases import BROKEN_VERSION, Release
-from tasks.backup import ensure_verified_backup
+from sandbox.releases import Release
 from tasks.containers import cycle_containers, project_states, pull_images
-from tasks.errors import HealthGateFailed
 from tasks.mongo import server_info
-from tasks.mongo_upgrade import MongoHopRefused, check_mongo_hop, cpu_has_avx, finish_mongo_hop
+from tasks.mongo_upgrade import (
+    MongoHopRefused,
+    check_mongo_hop,
+    cpu_has_avx,
+    finish_mongo_hop,
+)
 from tasks.repository import fetch_tags, open_integration, update_repository
-from tasks.rollback import roll_back
-from tasks.store import LocalStore
-from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
+from tests.sandbox.conftest import mongo_snapshot
 
 pytestmark = pytest.mark.sandbox
 
@@ -47,37 +46,6 @@ def test_good_upgrade_removes_the_storage_proxy_orphan_and_records_downtime(sand
     assert set(report.step_seconds) == {"stop", "rm", "up", "health"}
     with sandbox.mongo() as m:
         assert mongo_snapshot(m) == before
-
-
-def test_broken_release_rolls_back_to_old_version_with_the_backed_up_data(sandbox, tmp_path):
-    stack.mark_dirty(sandbox)
-    store = LocalStore(tmp_path / "backups")
-    manifest = ensure_verified_backup(sandbox.client, sandbox.integration, store, log=lambda m: None)
-    with sandbox.mongo() as m:
-        before_db = mongo_snapshot(m)
-    before_files = artifact_snapshot(sandbox)
-    add_broken_release(sandbox.upstream)
-    pre_tag = _merge_and_pull(sandbox, BROKEN_VERSION)
-    with pytest.raises(HealthGateFailed) as err:
-        cycle_containers(sandbox.client, sandbox.integration, health_timeout=25, stability_window=2)
-    assert "mender-deployments" in str(err.value)
-    # The new version's services "migrated" data before failing: the rollback must undo it.
-    with sandbox.mongo() as m:
-        m.deviceauth.devices.update_many({}, {"$set": {"schema": "2.7.3"}})
-        m.migrations.versions.insert_one({"_id": "2.7.3"})
-
-    report = roll_back(sandbox.client, sandbox.integration, store, manifest, pre_tag, stability_window=2,
-                       log=lambda m: None)
-
-    repo = git.Repo(sandbox.integration)
-    assert repo.active_branch.name == "production" and not repo.is_dirty(untracked_files=True)
-    assert repo.head.commit == repo.tags[pre_tag].commit
-    assert report.failed_tag in [t.name for t in repo.tags]
-    assert _images(sandbox) == Release("2.6.4").images()
-    assert all(st.ok for st in project_states(sandbox.client).values())
-    with sandbox.mongo() as m:
-        assert mongo_snapshot(m) == before_db
-    assert artifact_snapshot(sandbox) == before_files
 
 
 def test_mongo_44_to_50_hop_sets_fcv_after_the_new_stack_is_healthy(sandbox):
