@@ -261,8 +261,8 @@ class _Undo:
                                              self.report.run_id)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")
-        except UpgradeError as exc:
-            failed.append(exc.message)
+        except Exception as exc:  # never hide the failure being undone behind the undo's own
+            failed.append(exc.message if isinstance(exc, UpgradeError) else f"{exc.__class__.__name__}: {exc}")
         if self.report.outcome == "running":
             self.report.outcome = "failed"
         self.report.reason = (f"{why}; before any downtime, so the old version keeps running: "
