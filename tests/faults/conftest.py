@@ -61,6 +61,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     (RESULTS / "table.md").write_text(markdown_table(rows))
 
 
+def why_of(report: str, limit: int = 260) -> str:
+    """The report's "why" (it may span lines), on one line, shortened in the middle: both what
+    went wrong (its start) and what the tool did about it (its end) stay readable."""
+    lines = report.split("- why: ", 1)[1].splitlines()
+    block = [lines[0], *_until_next_bullet(lines[1:])]
+    text = " ".join(" ".join(block).split())
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]} … {text[-(limit // 2 - 2):]}"
+
+
+def _until_next_bullet(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        if line.startswith(("- ", "#", "|")) or not line.strip():
+            break
+        out.append(line)
+    return out
+
+
 @dataclass
 class FaultRecord:
     did: str = ""

@@ -24,7 +24,7 @@ from sandbox.integration_fixture import add_broken_release
 from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
 from tasks.settings import load_settings
-from tests.faults.conftest import assert_invariants, take_before
+from tests.faults.conftest import assert_invariants, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.conftest import artifact_snapshot
 from tests.sandbox.faultproxy import FaultProxy
@@ -69,7 +69,7 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
     watcher.join(timeout=5)
     assert restarted.is_set(), "the engine was never restarted"
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     # Either outcome keeps the invariants: rolled back to 2.6.4, or the stack came up on 2.7.2 anyway.
     assert state.is_failed() or state.is_completed(), state.message
     if state.is_failed():
@@ -88,7 +88,7 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
     assert state.is_failed()
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
     assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too

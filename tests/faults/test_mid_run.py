@@ -9,7 +9,7 @@ import pytest
 
 from sandbox.s3 import S3_PORT
 from tasks.containers import project_states
-from tests.faults.conftest import assert_invariants, take_before
+from tests.faults.conftest import assert_invariants, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.faultproxy import FaultProxy
 
@@ -24,7 +24,7 @@ def _failed_run(sandbox, fault, settings, answer=lambda d: (True, "go")) -> str:
     state, run_id, asked = run_flow(settings, answer=answer)
     assert state.is_failed() and len(asked) == 1, state.message
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     return report
 
 

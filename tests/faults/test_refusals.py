@@ -20,6 +20,7 @@ from tests.faults.conftest import (
     assert_invariants,
     committed_change,
     take_before,
+    why_of,
 )
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.unit.test_settings import WRONG
@@ -32,7 +33,7 @@ def _refused_flow(sandbox, fault, baseline, settings, says: list[str], dirt: tup
     state, run_id, asked = run_flow(settings, answer=lambda d: (True, "approved by the test"))
     assert not state.is_completed(), "the run should not have completed"
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0] if "- why: " in report else state.message
+    fault.did = why_of(report) if "- why: " in report else state.message
     assert_invariants(sandbox, before, baseline, report, says)
     return state, report, asked
 
@@ -103,7 +104,7 @@ def test_malformed_prod_yml(prefect_api, sandbox, fault, baseline):
         assert state.is_failed() and asked == []
     # The clone's own ./run needs a valid prod.yml too: the invariants once the operator's file is back.
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     assert_invariants(sandbox, before, baseline, report, ["**refused**", "prod.yml is not valid YAML", "line 143"])
 
 
@@ -114,7 +115,7 @@ def test_missing_prod_yml(prefect_api, sandbox, fault, baseline):
         state, run_id, _ = run_flow(flow_settings(sandbox, "2.7.2"))
         assert state.is_failed()
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     assert_invariants(sandbox, before, baseline, report,
                       ["**failed**", "production/config/prod.yml does not exist", "prod.yml.template"])
 
@@ -146,7 +147,7 @@ def test_rejection(prefect_api, sandbox, fault, baseline):
     state, run_id, _ = run_flow(settings, answer=lambda d: (False, "not this week"))
     assert state.is_cancelled()
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     assert settings.backup.open_store().list_keys("") == []  # not even a backup
     assert_invariants(sandbox, before, baseline, report, ["**rejected**", "not this week", "alice"])
 
@@ -158,7 +159,7 @@ def test_unanswered_approval_times_out_as_a_no(prefect_api, sandbox, fault, base
     # Prefect itself ends a pause that timed out as Failed("... never resumed").
     assert not state.is_completed() and "never resumed" in state.message
     report = report_of(run_id)
-    fault.did = report.split("- why: ", 1)[1].splitlines()[0]
+    fault.did = why_of(report)
     assert_invariants(sandbox, before, baseline, report, ["**timed out**"])
 
 
@@ -228,5 +229,5 @@ def test_hostile_restore_archive_is_refused_before_overwriting(sandbox, fault, b
     output = " ".join(result.output.split())
     SEEN_TEXT.append(output)
     assert result.exit_code == 1, output
-    fault.did = output.replace("error: ", "refused: ")[:200]
+    fault.did = "refused before touching anything: " + output.split("error: ", 1)[-1][:200]
     assert_invariants(sandbox, before, baseline, output, ["absolute path"])
