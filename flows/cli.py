@@ -46,7 +46,10 @@ def _print_status(info: dict) -> None:
 
 @sandbox_app.command("up")
 def sandbox_up(version: str = typer.Option("2.6.4", help="Mender release to start")) -> None:
-    """Start dockerd, the registry mirror and S3 if needed, build stand-ins, run Mender VERSION."""
+    """Start dockerd, the registry mirror and S3 if needed, build stand-ins, run Mender VERSION.
+
+    MENDER_INTEGRATION_UPSTREAM=<path, URL or bundle of mendersoftware/integration> makes the
+    operator's clone from that real repository; unset, from the generated fixture repository."""
     from sandbox import stack
     from sandbox.processes import SandboxError
     try:

@@ -25,6 +25,7 @@ from sandbox.engine import REGISTRY_PORT
 from sandbox.home import STANDINS
 from sandbox.processes import SandboxError
 from sandbox.releases import BROKEN_VERSION, MENDER_SERVICES, RUNNABLE_VERSIONS, Release
+from sandbox.standin_catalogue import INFRA, infra_recipe, mender_service
 
 INPUTS_LABEL = "org.mender-upgrade.standin-inputs"
 BUSYBOX_BASE = "mender-upgrade-standin/busybox"
@@ -32,7 +33,10 @@ PYTHON_BASE = "mender-upgrade-standin/python313"
 MONGO_VERSIONS = {"mongo:4.4": "4.4.29", "mongo:5.0": "5.0.26"}
 HEALTH_PATHS = {"mender-deployments": "deployments", "mender-device-auth": "devauth",
                 "mender-inventory": "inventory", "mender-useradm": "useradm",
-                "mender-workflows-server": "workflows"}
+                "mender-workflows-server": "workflows", "mender-deviceconnect": "deviceconnect",
+                "mender-deviceconfig": "deviceconfig", "mender-iot-manager": "iot-manager"}
+# busybox httpd's per-path basic auth: useradm's login answers 401 without credentials, as the real one.
+HTTPD_CONF = INFRA / "httpd.conf"
 
 
 def _digest(*parts: bytes | str | Path) -> str:
@@ -94,6 +98,7 @@ def busybox_rootfs() -> bytes:
                 info = tarfile.TarInfo(f"bin/{applet}")
                 info.type, info.linkname = tarfile.SYMTYPE, "busybox"
                 tar.addfile(info)
+        tar.add(HTTPD_CONF, arcname="etc/httpd.conf")
         for name, text in {"etc/passwd": "root:x:0:0:root:/:/bin/sh\n", "etc/group": "root:x:0:\n"}.items():
             info = tarfile.TarInfo(name)
             info.size = len(text)
@@ -178,36 +183,55 @@ def _mongo_dockerfile(version: str) -> str:
     ])
 
 
-def build_images(client: docker.DockerClient, log=print, versions: list[str] | None = None) -> list[str]:
-    """Build (or reuse) every stand-in image; returns the image names."""
-    names: list[str] = []
-    service_inputs = _digest(STANDINS / "service")
+def build_images(client: docker.DockerClient, log=print, versions: list[str] | None = None,
+                 extra_images: list[str] = ()) -> list[str]:
+    """Build (or reuse) every stand-in image of the fixture's runnable releases plus
+    `extra_images` (names the real compose files use); returns the image names."""
+    service_inputs = _digest(STANDINS / "service", HTTPD_CONF.read_bytes())
     if not _current(client, BUSYBOX_BASE, service_inputs):
         log("importing the busybox base of the service stand-ins")
         _import_rootfs(client, busybox_rootfs(), BUSYBOX_BASE, service_inputs)
+    _python_base(client, log)
     wanted: dict[str, tuple[str, str, bool]] = {}
     for version in [*(versions or RUNNABLE_VERSIONS), BROKEN_VERSION]:
         for service, image in Release(version).images().items():
             if service != "mender-mongo":
                 broken = version == BROKEN_VERSION and service == "mender-deployments"
                 wanted.setdefault(image, (service, version, broken))
+    for image in extra_images:
+        if (service_version := mender_service(image)) is not None:
+            wanted.setdefault(image, (*service_version, False))
+    # The recipe of a gateway, minio, nats or gui image follows from its name alone, whichever
+    # stack names it: one image per name.
+    infra = sorted({image for image in [*wanted, *extra_images] if infra_recipe(image) is not None})
+    names: list[str] = []
     for image, (service, version, broken) in sorted(wanted.items()):
+        if image in infra:
+            continue
         dockerfile = _service_dockerfile(service, version, broken)
-        inputs = _digest(service_inputs, dockerfile)
-        if not _current(client, image, inputs):
-            log(f"building stand-in {image}")
-            _build(client, image, dockerfile, inputs)
+        _build_if_changed(client, image, dockerfile, _digest(service_inputs, dockerfile), None, log)
         names.append(image)
-    _python_base(client, log)
+    bases = {"busybox": BUSYBOX_BASE, "python": PYTHON_BASE}
+    for image in infra:
+        recipe = infra_recipe(image)
+        dockerfile = recipe.dockerfile(bases[recipe.base])
+        inputs = _digest(INFRA, dockerfile, client.images.get(bases[recipe.base]).id)
+        _build_if_changed(client, image, dockerfile, inputs, INFRA, log)
+        names.append(image)
     mongo_inputs = _digest(STANDINS / "mongo")
     for image, version in MONGO_VERSIONS.items():
         dockerfile = _mongo_dockerfile(version)
         inputs = _digest(mongo_inputs, dockerfile, client.images.get(PYTHON_BASE).id)
-        if not _current(client, image, inputs):
-            log(f"building stand-in {image}")
-            _build(client, image, dockerfile, inputs, context=STANDINS / "mongo")
+        _build_if_changed(client, image, dockerfile, inputs, STANDINS / "mongo", log)
         names.append(image)
     return names
+
+
+def _build_if_changed(client: docker.DockerClient, image: str, dockerfile: str, inputs: str,
+                      context: Path | None, log) -> None:
+    if not _current(client, image, inputs):
+        log(f"building stand-in {image}")
+        _build(client, image, dockerfile, inputs, context=context)
 
 
 def mirror_name(image: str) -> str:

@@ -2,7 +2,8 @@
 
 The fixture repository (`integration_fixture.py`) writes compose files from this table and the
 image builder (`images.py`) builds stand-ins for every image a *runnable* release names, with
-exactly the Docker-Hub names and tags the real files use.
+exactly the Docker-Hub names and tags the real files use (one image per name, shared with the
+real-repository stack: `standin_catalogue.py`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ MENDER_SERVICES = {
     "mender-workflows-server": "mendersoftware/workflows",
 }
 MINIO_IMAGE = "minio/minio:RELEASE.2021-04-22T15-44-28Z"
-STORAGE_PROXY_IMAGE = "openresty/openresty:1.19.9.1-alpine"
+STORAGE_PROXY_IMAGE = "openresty/openresty:1.13.6.2-0-alpine"  # as in 2.6.x's real files
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -68,11 +69,11 @@ class Release:
         v = _key(self.version)
         if v < (2, 7):
             return f"mendersoftware/api-gateway:mender-{self.version}"
-        if v < (3, 0):
-            return "traefik:v2.4"
+        if v < (3, 1):
+            return "traefik:v2.4"  # the real 2.7.2 and 3.0.2 files
         if v < (3, 6):
             return "traefik:v2.5"
-        return "traefik:v2.10"
+        return "traefik:v2.8" if v < (3, 7) else "traefik:v2.10"  # real 3.6.5, 3.7.11
 
     @property
     def has_storage_proxy(self) -> bool:
@@ -88,7 +89,7 @@ class Release:
         v = _key(self.version)
         if v < (3, 0):
             return None
-        return "nats:2.6-alpine" if v < (3, 6) else "nats:2.9-alpine"
+        return "nats:2.1.9-alpine3.12" if v < (3, 6) else "nats:2.7.4-scratch"  # the real files' tags
 
     def images(self) -> dict[str, str]:
         """compose service -> image, for every service this release's compose files define."""

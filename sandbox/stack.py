@@ -11,11 +11,12 @@ import docker
 from docker.errors import NotFound
 from pymongo import MongoClient
 
-from sandbox import images
+from sandbox import images, standin_catalogue
 from sandbox.engine import ensure_engine
 from sandbox.home import SandboxHome
 from sandbox.integration_fixture import create_operator_clone, create_upstream
 from sandbox.processes import SandboxError
+from sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream
 from sandbox.registry import registry_answers, start_registry, stop_registry
 from sandbox.releases import Release
 from sandbox.s3 import S3Endpoint, start_s3, stop_s3
@@ -31,7 +32,7 @@ class Sandbox:
     home: SandboxHome
     client: docker.DockerClient
     s3: S3Endpoint
-    upstream: Path
+    upstream: Path | str  # the fixture repository, or the real upstream (path or URL)
     integration: Path
     version: str
 
@@ -66,27 +67,47 @@ def _refuse_foreign_stack(client: docker.DockerClient) -> None:
 
 def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
        stability_window: float = 3) -> Sandbox:
-    """Bring the sandbox up with the old stack at `version` running, healthy and seeded."""
-    if version not in images.RUNNABLE_VERSIONS:
+    """Bring the sandbox up with the old stack at `version` running, healthy and seeded.
+
+    With `MENDER_INTEGRATION_UPSTREAM` set, the operator's clone is made from that real
+    integration repository (`real_upstream.py`) and every image its compose files name is
+    built as a stand-in; unset, from the generated fixture repository.
+    """
+    real_upstream = configured_upstream()
+    if real_upstream is None and version not in images.RUNNABLE_VERSIONS:
         raise SandboxError(f"version {version!r} has no stand-in images; choose one of {images.RUNNABLE_VERSIONS}")
     home = home or SandboxHome.default()
     home.logs.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     client = ensure_engine(home)
     _refuse_foreign_stack(client)
+    real_images: list[str] = []
+    staged = home.root / "staged-clone" / "integration"
+    if real_upstream is not None:
+        # Clone and read the compose files before anything is started or replaced: a bad
+        # upstream, version or image leaves the running sandbox (if any) as it was.
+        clone_operator(real_upstream, staged, version)
+        real_images = _real_stack_images(staged)
     if project_states(client):
         log("a sandbox stack is already running: taking it down first")
         down(home, log=log, keep_servers=True)
     start_registry(home)
     s3 = start_s3(home)
     built_log: list[str] = []
-    names = images.build_images(client, log=lambda m: (built_log.append(m), log(m)))
+    names = images.build_images(client, log=lambda m: (built_log.append(m), log(m)), extra_images=real_images)
     built = sum(m.startswith("building stand-in") for m in built_log)
     images.publish_to_mirror(client, names, log=log)
     for stale in ("upstream", "operator"):
         shutil.rmtree(home.run / stale, ignore_errors=True)
-    upstream = create_upstream(home.run / "upstream" / "integration.git")
-    integration = create_operator_clone(upstream, home.run / "operator" / "integration", version)
+    integration = home.run / "operator" / "integration"
+    if real_upstream is not None:
+        upstream: Path | str = real_upstream
+        integration.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(integration)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+    else:
+        upstream = create_upstream(home.run / "upstream" / "integration.git")
+        create_operator_clone(upstream, integration, version)
     for name in EXTERNAL_VOLUMES:
         client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
     home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False)
@@ -103,6 +124,21 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         times.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} up {version} {elapsed:.1f} s, "
                     f"{built} images built\n")
     return sandbox
+
+
+def _real_stack_images(staged: Path) -> list[str]:
+    """The images the clone's compose files name (`./run config`); every one needs a stand-in."""
+    try:
+        found = standin_catalogue.compose_images(run_compose(staged, ["config"]))
+        missing = standin_catalogue.missing_standins(found, set(images.MONGO_VERSIONS))
+    except BaseException:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        raise
+    if missing:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        raise SandboxError(f"the compose files of {UPSTREAM_ENV}={configured_upstream()!r} name images with "
+                           f"no stand-in: {', '.join(missing)}; nothing was started")
+    return sorted(set(found.values()))
 
 
 def seed(sandbox: Sandbox) -> SeedSummary:
@@ -125,7 +161,8 @@ def attach(home: SandboxHome | None = None) -> Sandbox:
     state = home.read_state()
     if "integration" not in state:
         raise SandboxError("no sandbox is up; run `mender-upgrade sandbox up`")
-    return Sandbox(home, docker.from_env(), S3Endpoint(**state["s3"]), Path(state["upstream"]),
+    upstream = state["upstream"] if "://" in state["upstream"] else Path(state["upstream"])
+    return Sandbox(home, docker.from_env(), S3Endpoint(**state["s3"]), upstream,
                    Path(state["integration"]), state["version"])
 
 

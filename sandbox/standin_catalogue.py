@@ -1,0 +1,103 @@
+"""Which stand-in each real image name gets: one recipe per name, for the fixture and the real stack.
+
+The real compose files (read with the clone's own `./run config`) name Mender service images,
+gateways (openresty api-gateway up to 2.6, traefik from 2.7), 2.6's storage-proxy (openresty),
+minio, nats, the gui and mongo. The recipe depends on the image name only, so a name the
+fixture repository also uses is the same image in both stacks (the input-hash label decides
+rebuilds; two recipes under one name would rebuild it on every switch).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from sandbox.home import STANDINS
+from sandbox.processes import SandboxError
+
+INFRA = STANDINS / "infra"
+# mendersoftware/<repository> -> the compose service that runs it
+MENDER_SERVICE_OF = {
+    "deployments": "mender-deployments", "deviceauth": "mender-device-auth",
+    "inventory": "mender-inventory", "useradm": "mender-useradm",
+    "workflows": "mender-workflows-server", "workflows-worker": "mender-workflows-worker",
+    "create-artifact-worker": "mender-create-artifact-worker", "deviceconnect": "mender-deviceconnect",
+    "deviceconfig": "mender-deviceconfig", "iot-manager": "mender-iot-manager",
+}
+_GATEWAY_KINDS = {"mendersoftware/api-gateway": "api-gateway", "traefik": "traefik",
+                  "openresty/openresty": "storage-proxy"}
+# minio images up to 2019 carry their own HEALTHCHECK (`healthcheck` binary, 1 min interval);
+# the 2021 image has none: its compose file adds one (curl, 60 s).
+_MINIO_OWN_HEALTHCHECK = re.compile(r"RELEASE\.(2018|2019)-")
+# The gui image's own HEALTHCHECK (wget of 127.0.0.1, 120 s start period).
+_GUI_HEALTHCHECK = ("HEALTHCHECK --interval=8s --timeout=15s --start-period=120s --retries=128 "
+                    'CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1/ui/"]')
+
+
+@dataclass(frozen=True)
+class InfraRecipe:
+    """A stand-in built FROM one of the two bases with files from tests/standins/infra."""
+    base: str  # "busybox" or "python"
+    dockerfile_lines: tuple[str, ...]
+    files: tuple[str, ...]
+
+    def dockerfile(self, base_image: str) -> str:
+        copies = [f"COPY {name} /standin-infra/{name}" for name in self.files]
+        return "\n".join([f"FROM {base_image}", *copies, *self.dockerfile_lines])
+
+
+def split_image(image: str) -> tuple[str, str]:
+    repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
+    return repo, tag
+
+
+def mender_service(image: str) -> tuple[str, str] | None:
+    """`mendersoftware/deployments:mender-2.7.2` -> ("mender-deployments", "2.7.2")."""
+    repo, tag = split_image(image)
+    owner, _, name = repo.partition("/")
+    if owner == "mendersoftware" and name in MENDER_SERVICE_OF and tag.startswith("mender-"):
+        return MENDER_SERVICE_OF[name], tag.removeprefix("mender-")
+    return None
+
+
+def infra_recipe(image: str) -> InfraRecipe | None:
+    """The stand-in recipe of a non-service image (gateway, minio, nats, gui), or None."""
+    repo, tag = split_image(image)
+    if repo in _GATEWAY_KINDS:
+        return InfraRecipe("python", (f'ENV STANDIN_GATEWAY="{_GATEWAY_KINDS[repo]}" PYTHONUNBUFFERED=1',
+                                      "EXPOSE 80 443" if repo != "openresty/openresty" else "EXPOSE 9000",
+                                      'ENTRYPOINT ["python3", "/standin-infra/gateway.py"]'), ("gateway.py",))
+    if repo == "minio/minio":
+        lines = ["RUN ln -s /standin-infra/curl /usr/bin/curl && ln -s /standin-infra/healthcheck /usr/bin/healthcheck",
+                 "ENV PYTHONUNBUFFERED=1", "EXPOSE 9000",
+                 'ENTRYPOINT ["python3", "/standin-infra/minio.py"]']
+        if _MINIO_OWN_HEALTHCHECK.search(tag):
+            lines.append("HEALTHCHECK --interval=1m CMD healthcheck")
+        return InfraRecipe("python", tuple(lines), ("minio.py", "curl", "healthcheck"))
+    if repo == "nats":
+        return InfraRecipe("busybox", ("EXPOSE 4222", 'ENTRYPOINT ["/standin-infra/nats"]'),
+                           ("nats", "nats-greeting"))
+    if repo == "mendersoftware/gui" and tag.startswith("mender-"):
+        return InfraRecipe("busybox", ("EXPOSE 80", _GUI_HEALTHCHECK, 'ENTRYPOINT ["/standin-infra/gui"]'),
+                           ("gui",))
+    return None
+
+
+def has_standin(image: str, mongo_images: set[str]) -> bool:
+    return image in mongo_images or mender_service(image) is not None or infra_recipe(image) is not None
+
+
+def compose_images(config_yaml: str) -> dict[str, str]:
+    """service -> image from `./run config` output."""
+    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
+    out = {name: svc.get("image") for name, svc in services.items()}
+    missing = sorted(name for name, image in out.items() if not image)
+    if missing:
+        raise SandboxError(f"the compose files define services without an image: {', '.join(missing)}")
+    return out
+
+
+def missing_standins(images: dict[str, str], mongo_images: set[str]) -> list[str]:
+    return sorted({image for image in images.values() if not has_standin(image, mongo_images)})
