@@ -33,8 +33,7 @@ PYTHON_BASE = "mender-upgrade-standin/python313"
 MONGO_VERSIONS = {"mongo:4.4": "4.4.29", "mongo:5.0": "5.0.26"}
 HEALTH_PATHS = {"mender-deployments": "deployments", "mender-device-auth": "devauth",
                 "mender-inventory": "inventory", "mender-useradm": "useradm",
-                "mender-workflows-server": "workflows", "mender-deviceconnect": "deviceconnect",
-                "mender-deviceconfig": "deviceconfig", "mender-iot-manager": "iot-manager"}
+                "mender-workflows-server": "workflows"}
 # busybox httpd's per-path basic auth: useradm's login answers 401 without credentials, as the real one.
 HTTPD_CONF = INFRA / "httpd.conf"
 
