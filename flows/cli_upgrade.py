@@ -189,8 +189,9 @@ def demo_settings(sandbox, target: str) -> UpgradeSettings:
         "backup": {"target": f"s3://{sandbox.s3.bucket}/demo", "endpoint_url": sandbox.s3.url,
                    "access_key_id": sandbox.s3.access_key, "secret_access_key": sandbox.s3.secret_key},
         "stability_window_s": 5, "window": {"estimated_downtime_s": 60, "restore_margin_minutes": 2},
-        # The fixture's gateway stand-in routes nothing (no 443): the smoke would fail on it.
-        "gateway_smoke": False})
+        # The fixture's placeholder certificates give its gateway stand-in no TLS (no 443): the
+        # smoke runs on the real repository's stack only.
+        "gateway_smoke": sandbox.real_upstream})
 
 
 def register_demo(app: typer.Typer) -> None:

@@ -35,6 +35,7 @@ class Sandbox:
     upstream: Path | str  # the fixture repository, or the real upstream (path or URL)
     integration: Path
     version: str
+    real_upstream: bool = False  # the clone is of the real integration repository, not the fixture
 
     def mongo_url(self) -> str:
         return f"mongodb://{mongo_address(self.client)}:27017/"
@@ -86,8 +87,12 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     if real_upstream is not None:
         # Clone and read the compose files before anything is started or replaced: a bad
         # upstream, version or image leaves the running sandbox (if any) as it was.
-        clone_operator(real_upstream, staged, version)
-        real_images = _real_stack_images(staged)
+        try:
+            clone_operator(real_upstream, staged, version)
+            real_images = _real_stack_images(staged)
+        except BaseException:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+            raise
     if project_states(client):
         log("a sandbox stack is already running: taking it down first")
         down(home, log=log, keep_servers=True)
@@ -110,12 +115,13 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         create_operator_clone(upstream, integration, version)
     for name in EXTERNAL_VOLUMES:
         client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
-    home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False)
+    home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False,
+                     real_upstream=real_upstream is not None)
     log(f"starting Mender {version} with the clone's own ./run up -d")
     run_compose(integration, ["up", "-d"])
     services = compose_services(integration)
     wait_until_healthy(client, services, timeout=180, stability_window=stability_window)
-    sandbox = Sandbox(home, client, s3, upstream, integration, version)
+    sandbox = Sandbox(home, client, s3, upstream, integration, version, real_upstream is not None)
     summary = seed(sandbox)
     home.write_state(seeded_old_clients=summary.inventory_old_clients)
     elapsed = time.monotonic() - t0
@@ -128,14 +134,9 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
 
 def _real_stack_images(staged: Path) -> list[str]:
     """The images the clone's compose files name (`./run config`); every one needs a stand-in."""
-    try:
-        found = standin_catalogue.compose_images(run_compose(staged, ["config"]))
-        missing = standin_catalogue.missing_standins(found, set(images.MONGO_VERSIONS))
-    except BaseException:
-        shutil.rmtree(staged.parent, ignore_errors=True)
-        raise
+    found = standin_catalogue.compose_images(run_compose(staged, ["config"]))
+    missing = standin_catalogue.missing_standins(found, set(images.MONGO_VERSIONS))
     if missing:
-        shutil.rmtree(staged.parent, ignore_errors=True)
         raise SandboxError(f"the compose files of {UPSTREAM_ENV}={configured_upstream()!r} name images with "
                            f"no stand-in: {', '.join(missing)}; nothing was started")
     return sorted(set(found.values()))
@@ -163,7 +164,7 @@ def attach(home: SandboxHome | None = None) -> Sandbox:
         raise SandboxError("no sandbox is up; run `mender-upgrade sandbox up`")
     upstream = state["upstream"] if "://" in state["upstream"] else Path(state["upstream"])
     return Sandbox(home, docker.from_env(), S3Endpoint(**state["s3"]), upstream,
-                   Path(state["integration"]), state["version"])
+                   Path(state["integration"]), state["version"], state.get("real_upstream", False))
 
 
 def down(home: SandboxHome | None = None, log=print, keep_servers: bool = False) -> list[str]:
