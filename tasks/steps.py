@@ -142,7 +142,8 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
     for check in report.gateway:
         logger.info(f"gateway: {check}")
     create_table_artifact(key="upgrade-health", description=f"health gate passed; downtime {report.downtime_s:.1f} s",
-                          table=[{"service": s, "state": st} for s, st in sorted(report.services.items())])
+                          table=[{"service": s, "state": st, "kept running": s in report.kept}
+                                 for s, st in sorted(report.services.items())])
     return report
 
 

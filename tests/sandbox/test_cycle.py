@@ -7,7 +7,7 @@ import pytest
 
 from sandbox import stack
 from sandbox.releases import Release
-from tasks.containers import cycle_containers, project_states, pull_images, wait_until_healthy
+from tasks.containers import cycle_containers, is_mender_image, project_states, pull_images, wait_until_healthy
 from tasks.errors import HealthGateFailed
 from tasks.service_health import HEALTH_LABEL, INTERNAL_HEALTH_PATHS
 from tasks.mongo import server_info
@@ -71,6 +71,8 @@ def test_good_upgrade_removes_the_storage_proxy_orphan_and_records_downtime(sand
         before = mongo_snapshot(m)
     assert "storage-proxy" in _images(sandbox)
     _merge_and_pull(sandbox, "2.7.2")
+    before_start = {s: sandbox.client.containers.get(st.container_id).attrs["State"]["StartedAt"]
+                    for s, st in project_states(sandbox.client).items()}
     report = cycle_containers(sandbox.client, sandbox.integration, health_timeout=120, stability_window=3, smoke=False)
     assert _images(sandbox) == Release("2.7.2").images()  # storage-proxy gone, traefik gateway
     assert all(state.startswith("running/") for state in report.services.values()), report.services
@@ -80,7 +82,18 @@ def test_good_upgrade_removes_the_storage_proxy_orphan_and_records_downtime(sand
             assert f"{path} HTTP 200" in report.services[service], report.services
     assert report.gateway == []  # the fixture's gateway routes nothing: the smoke is not asked for
     assert 0 < report.downtime_s < 120
-    assert set(report.step_seconds) == {"stop", "rm", "up", "health"}
+    assert set(report.step_seconds) == {"stop", "rm", "up", "orphans", "health"}
+    # mongo and minio run the same image and configuration in both releases: never stopped;
+    # every Mender service and the new gateway were created again.
+    after = {s: (st.container_id, sandbox.client.containers.get(st.container_id).attrs["State"]["StartedAt"])
+             for s, st in project_states(sandbox.client).items()}
+    old, new = Release("2.6.4").images(), Release("2.7.2").images()
+    same_third_party = sorted(s for s, image in new.items() if old.get(s) == image and not is_mender_image(image))
+    assert "mender-mongo" in same_third_party and sorted(report.kept) == same_third_party
+    for kept in report.kept:
+        assert after[kept][1] == before_start[kept]
+    for service in set(after) - set(report.kept):
+        assert after[service][1] != before_start.get(service)
     with sandbox.mongo() as m:
         assert mongo_snapshot(m) == before
 
