@@ -19,6 +19,7 @@ from tasks.errors import ComposeCommandFailed, HealthGateFailed
 PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on `run` containers (compose v1 and v2)
 
 
 def run_compose(integration: Path, args: list[str], timeout: float = 600,
@@ -68,6 +69,16 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
             status=attrs["State"]["Status"], health=(attrs["State"].get("Health") or {}).get("Status"),
             restart_count=attrs.get("RestartCount", 0))
     return states
+
+
+def running_services(client: docker.DockerClient, integration: Path, project: str = PROJECT) -> list[str]:
+    """The services of the current compose configuration (`./run config --services`) that have
+    a running service container: no orphans of removed services, no one-off `run` containers."""
+    configured = set(compose_services(integration))
+    running = {c.labels.get(SERVICE_LABEL) for c in client.containers.list(
+        filters={"label": f"{PROJECT_LABEL}={project}", "status": "running"})
+        if c.labels.get(ONEOFF_LABEL, "False") != "True"}
+    return sorted(configured & running)
 
 
 @dataclass(frozen=True)

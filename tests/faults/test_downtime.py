@@ -23,6 +23,7 @@ from sandbox import engine, stack
 from sandbox.integration_fixture import add_broken_release
 from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
+from tasks.repository import FAILED_PREFIX, markers
 from tasks.settings import load_settings
 from tests.faults.conftest import assert_invariants, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
@@ -89,7 +90,7 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     assert state.is_failed()
     report = report_of(run_id)
     fault.did = why_of(report)
-    assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
+    assert markers(git.Repo(sandbox.integration), FAILED_PREFIX)
     assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 
