@@ -47,15 +47,19 @@ def processes_with(marker: str) -> dict[int, str]:
     return found
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, float, dict]:
-    """`mender-upgrade ARGS` as a caller that captures its output runs it; returns the result,
-    its duration and the tool's processes still alive afterwards (killed, so none stays)."""
+def run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess | str, float, dict]:
+    """`mender-upgrade ARGS` as a caller that captures its output runs it; returns the result
+    (or, when the output pipes were still open at the timeout, the output so far), its duration
+    and the tool's processes still alive afterwards (killed, so none stays)."""
     marker = f"{MARKER}={uuid.uuid4().hex}"
     cli = Path(sys.executable).parent / "mender-upgrade"
     start = time.monotonic()
     try:
         result = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=timeout,
                                 env=env | dict([marker.split("=", 1)]), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        result = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+                         for part in (exc.stdout, exc.stderr))
     finally:
         time.sleep(1)  # a child that outlives the command is still there a second later
         left = processes_with(marker)
@@ -78,6 +82,44 @@ def local_prefect_server(tmp_path: Path):
     os.killpg(int((home / "server.pid").read_text()), signal.SIGTERM)
 
 
+def test_upload_progress_reaches_prefect_from_the_task_thread(prefect_api, s3_settings):
+    """The root of the bug above, in seconds: a task's S3 upload of more than 16 MiB (several
+    parts in flight) reports progress to its Prefect progress artifact, and every progress call
+    runs in the task's own thread, where the run's settings and client are."""
+    import io
+    import threading
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
+
+    from tasks.steps import _progress_callback
+
+    called_in: set[int] = set()
+
+    @task
+    def upload() -> tuple[str, int, int]:
+        progress, artifact_id = _progress_callback("upload")
+
+        def counting(n: int) -> None:
+            called_in.add(threading.get_ident())
+            progress(n)
+
+        receipt = s3_settings.open_store().upload_stream("progress/48mib", io.BytesIO(os.urandom(48 * 2**20)), counting)
+        return str(artifact_id), threading.get_ident(), receipt.size
+
+    @flow
+    def uploads() -> tuple[str, int, int]:
+        return upload()
+
+    artifact_id, task_thread, size = uploads()
+    assert size == 48 * 2**20 and called_in == {task_thread}
+    with get_client(sync_client=True) as client:
+        artifact, = client.read_artifacts(artifact_filter=ArtifactFilter(id=ArtifactFilterId(any_=[artifact_id])))
+    assert artifact.type == "progress" and artifact.data == 4.8  # 48 MiB on the 0-99 "MiB / 10" scale
+    assert artifact.description == "upload: 48 MiB"
+
+
 def test_run_with_a_gib_of_artifacts_completes_and_leaves_nothing_running(sandbox, local_prefect_server, tmp_path):
     stack.mark_dirty(sandbox)
     t = time.monotonic()
@@ -95,6 +137,8 @@ def test_run_with_a_gib_of_artifacts_completes_and_leaves_nothing_running(sandbo
     result, took, left = run_cli(["run", "--config", str(config), "--yes"], env, RUN_TIMEOUT_S)
 
     print(f"\nseeded 1 GiB in {seeded_s:.1f} s; `mender-upgrade run` took {took:.1f} s")
+    assert not isinstance(result, str), (f"still holding the output pipes after {RUN_TIMEOUT_S} s; processes left: "
+                                         f"{left}; output:\n{result[-4000:]}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "completed" in result.stdout, result.stdout[-3000:]
     assert "Artifact not found" not in result.stdout + result.stderr
