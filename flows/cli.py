@@ -45,7 +45,11 @@ def _print_status(info: dict) -> None:
 
 
 @sandbox_app.command("up")
-def sandbox_up(version: str = typer.Option("2.6.4", help="Mender release to start")) -> None:
+def sandbox_up(version: str = typer.Option("2.6.4", help="Mender release to start"),
+               artifacts_gib: float = typer.Option(0, "--artifacts-gib", min=0, max=64,
+                                                   help="also write this many GiB of incompressible artifacts"),
+               fleet: int = typer.Option(1, "--fleet", min=1, max=15,
+                                         help="devices per tenant, as a multiple of the default 19")) -> None:
     """Start dockerd, the registry mirror and S3 if needed, build stand-ins, run Mender VERSION.
 
     MENDER_INTEGRATION_UPSTREAM=<path, URL or bundle of mendersoftware/integration> makes the
@@ -53,7 +57,7 @@ def sandbox_up(version: str = typer.Option("2.6.4", help="Mender release to star
     from sandbox import stack
     from sandbox.processes import SandboxError
     try:
-        stack.up(version, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+        stack.up(version, log=lambda m: console.print(f"[dim]{m}[/dim]"), artifacts_gib=artifacts_gib, fleet=fleet)
     except (SandboxError, UpgradeError) as exc:
         _fail(exc)
     _print_status(stack.status())

@@ -110,7 +110,8 @@ def _print_hop(result: repository.HopResult, dry: bool) -> None:
         line += f", merged your edits in {', '.join(merge.merged_files)}"
     console.print(line)
     if merge.pre_upgrade_tag:
-        console.print(f"  undo: git reset --hard {merge.pre_upgrade_tag}")
+        # soft_wrap: a command to copy stays on one line
+        console.print(f"  undo: git reset --hard {repository.marker_ref(merge.pre_upgrade_tag)}", soft_wrap=True)
     if result.config.storage_alias:
         console.print(f"  storage alias: {result.config.storage_alias} (now an alias of mender-api-gateway)")
     console.print(f"  configuration commits: {len(result.config.commits)}; ./run config -q passed")

@@ -198,13 +198,15 @@ def register_demo(app: typer.Typer) -> None:
     @app.command()
     def demo(version: str = typer.Option("2.6.4", help="old release the sandbox starts with"),
              to: str = typer.Option("2.7.2", help="release to upgrade to"),
-             yes: bool = typer.Option(False, "--yes", help="approve automatically (no terminal needed)")) -> None:
+             yes: bool = typer.Option(False, "--yes", help="approve automatically (no terminal needed)"),
+             artifacts_gib: float = typer.Option(0, "--artifacts-gib", min=0, max=64,
+                                                 help="seed this many GiB of incompressible artifacts first")) -> None:
         """The embedded default: sandbox at an old release, a real upgrade with approval, the report."""
         from sandbox import stack
         from sandbox.processes import SandboxError
         try:
             with prefect_api() as ui:
-                sb = stack.up(version, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+                sb = stack.up(version, log=lambda m: console.print(f"[dim]{m}[/dim]"), artifacts_gib=artifacts_gib)
                 console.print(f"Prefect UI: {ui}; upgrading {version} -> {to}")
                 result = run_upgrade(demo_settings(sb, to), auto_approve=yes)
         except (UpgradeError, SandboxError) as exc:

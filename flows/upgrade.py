@@ -218,7 +218,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         emit_rolled_back(report.run_id, report.reason)
         raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {exc.message}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
-                            "a failed-upgrade/ tag for diagnosis") from exc
+                            "refs/mender-upgrade/failed-upgrade/ for diagnosis") from exc
     if current != plan.target:  # stopped at a gate or by the window before a hop's downtime
         if not cycled:
             undo.run(report.reason)

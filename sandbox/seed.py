@@ -85,9 +85,15 @@ def _token(auth_set: dict, tenant: str | None) -> dict:
     return doc
 
 
-def _seed_deviceauth(db, rng: random.Random, tenant_field: str | None, seed: TenantSeed) -> None:
+def _insert(collection, docs: list[dict]) -> None:
+    """insert_many in batches of 500 (the stand-in's per-insert cost grows with the collection)."""
+    for i in range(0, len(docs), 500):
+        collection.insert_many(docs[i:i + 500])
+
+
+def _seed_deviceauth(db, rng: random.Random, tenant_field: str | None, seed: TenantSeed, fleet: int = 1) -> None:
     devices, auth_sets, tokens = [], [], []
-    for status, n in [("accepted", 12), ("pending", 4), ("rejected", 3)]:
+    for status, n in [("accepted", 12 * fleet), ("pending", 4 * fleet), ("rejected", 3 * fleet)]:
         for _ in range(n):
             dev = _device(rng, status, tenant_field)
             aset = _auth_set(rng, dev, status, tenant_field)
@@ -115,9 +121,9 @@ def _seed_deviceauth(db, rng: random.Random, tenant_field: str | None, seed: Ten
         tokens.append(_token(aset, tenant_field))
         seed.leftover_auth_sets.append(aset["_id"])
         seed.leftover_tokens.append(aset["_id"])
-    db.devices.insert_many(devices)
-    db.auth_sets.insert_many(auth_sets)
-    db.tokens.insert_many(tokens)
+    _insert(db.devices, devices)
+    _insert(db.auth_sets, auth_sets)
+    _insert(db.tokens, tokens)
 
 
 def _deviceauth_indexes(db, tenant_scoped: bool) -> None:
@@ -130,22 +136,29 @@ def _deviceauth_indexes(db, tenant_scoped: bool) -> None:
     db.tokens.create_index([("exp.time", ASCENDING)], expireAfterSeconds=0, name="TokenExpiration")
 
 
-def seed_mongo(client: MongoClient, *, per_tenant_databases: bool, seed: int = 2604) -> SeedSummary:
-    """Write Mender-shaped data; `per_tenant_databases` selects the <= 3.5 deviceauth layout."""
+MAX_FLEET = 15  # 3 tenants x 22 x 15 = 990 documents in the largest collection: under the
+# mongo stand-in's insert cliff (~1 000 documents per collection through the wire)
+
+
+def seed_mongo(client: MongoClient, *, per_tenant_databases: bool, seed: int = 2604, fleet: int = 1) -> SeedSummary:
+    """Write Mender-shaped data; `per_tenant_databases` selects the <= 3.5 deviceauth layout;
+    `fleet` multiplies the devices of every tenant (1: 19 valid devices per tenant)."""
+    if not 1 <= fleet <= MAX_FLEET:
+        raise ValueError(f"fleet {fleet} is out of range; give 1 to {MAX_FLEET}")
     rng = random.Random(seed)
     tenants: list[TenantSeed] = []
     if per_tenant_databases:
         for tenant in ["", *TENANTS]:
             name = f"deviceauth-{tenant}" if tenant else "deviceauth"
             ts = TenantSeed(database=name, tenant_id=tenant)
-            _seed_deviceauth(client[name], rng, None, ts)
+            _seed_deviceauth(client[name], rng, None, ts, fleet)
             _deviceauth_indexes(client[name], tenant_scoped=False)
             tenants.append(ts)
     else:
         db = client["deviceauth"]
         for tenant in ["", *TENANTS]:
             ts = TenantSeed(database="deviceauth", tenant_id=tenant)
-            _seed_deviceauth(db, rng, tenant, ts)
+            _seed_deviceauth(db, rng, tenant, ts, fleet)
             tenants.append(ts)
         _deviceauth_indexes(db, tenant_scoped=True)
 
@@ -162,7 +175,7 @@ def seed_mongo(client: MongoClient, *, per_tenant_databases: bool, seed: int = 2
             if not per_tenant_databases:
                 doc["tenant_id"] = ts.tenant_id
             inventory.append(doc)
-    client.inventory.devices.insert_many(inventory)
+    _insert(client.inventory.devices, inventory)
     client.inventory.devices.create_index([("attributes.inventory-device_type.value", ASCENDING)], name="device_type")
 
     images = [{"_id": _uuid(rng), "meta_artifact": {"name": f"release-{i}", "device_types_compatible": ["raspberrypi4"]},
@@ -187,6 +200,25 @@ def artifact_files(seed: int = 2604) -> dict[str, tuple[bytes, int, int]]:
         "mender-artifact-storage/release-1.mender": (rng.randbytes(70_000), 0o640, 1000),
         "mender-artifact-storage/release-2.mender": (b"", 0o644, 0),
     }
+
+
+BULK_DIR = "mender-artifact-storage/bulk"
+BULK_FILE_MIB = 256  # a large rootfs artifact
+
+
+def seed_bulk_artifacts(container, gib: float) -> dict[str, str]:
+    """`gib` GiB of incompressible artifact files written inside the storage container (urandom,
+    never through this process's memory), as real servers hold: path -> sha256."""
+    total_mib = int(gib * 1024)
+    sizes = [BULK_FILE_MIB] * (total_mib // BULK_FILE_MIB) + ([total_mib % BULK_FILE_MIB] if total_mib % BULK_FILE_MIB else [])
+    script = [f"set -e; mkdir -p /export/{BULK_DIR}"]
+    script += [f"dd if=/dev/urandom of=/export/{BULK_DIR}/rootfs-{i}.mender bs=1M count={mib} 2>/dev/null"
+               for i, mib in enumerate(sizes)]
+    script.append(f"cd /export && sha256sum {BULK_DIR}/*")
+    code, out = container.exec_run(["sh", "-c", "; ".join(script)])
+    if code != 0:
+        raise RuntimeError(f"writing {gib} GiB of artifacts failed (exit {code}): {out.decode(errors='replace')[-500:]}")
+    return {path: sha for sha, path in (line.split(None, 1) for line in out.decode().splitlines() if line.strip())}
 
 
 def seed_artifacts(container, seed: int = 2604) -> dict[str, str]:

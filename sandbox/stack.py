@@ -20,11 +20,12 @@ from sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstr
 from sandbox.registry import registry_answers, start_registry, stop_registry
 from sandbox.releases import Release
 from sandbox.s3 import S3Endpoint, start_s3, stop_s3
-from sandbox.seed import SeedSummary, seed_artifacts, seed_mongo
+from sandbox.seed import MAX_FLEET, SeedSummary, seed_artifacts, seed_bulk_artifacts, seed_mongo
 from tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
 
 SANDBOX_LABEL = "org.mender-upgrade.sandbox"
 EXTERNAL_VOLUMES = ["mender-artifacts", "mender-db"]
+MAX_ARTIFACTS_GIB = 64
 
 
 @dataclass
@@ -67,13 +68,20 @@ def _refuse_foreign_stack(client: docker.DockerClient) -> None:
 
 
 def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
-       stability_window: float = 3) -> Sandbox:
-    """Bring the sandbox up with the old stack at `version` running, healthy and seeded.
+       stability_window: float = 3, artifacts_gib: float = 0, fleet: int = 1) -> Sandbox:
+    """Bring the sandbox up with the old stack at `version` running, healthy and seeded (with
+    `artifacts_gib` GiB of incompressible artifact files on top of the small ones, and `fleet`
+    times the default devices per tenant).
 
     With `MENDER_INTEGRATION_UPSTREAM` set, the operator's clone is made from that real
     integration repository (`real_upstream.py`) and every image its compose files name is
     built as a stand-in; unset, from the generated fixture repository.
     """
+    if not 1 <= fleet <= MAX_FLEET:
+        raise SandboxError(f"fleet {fleet} is out of range; give 1 to {MAX_FLEET} (the mongo stand-in "
+                           "slows down sharply past ~1 000 documents per collection)")
+    if not 0 <= artifacts_gib <= MAX_ARTIFACTS_GIB:
+        raise SandboxError(f"artifacts_gib {artifacts_gib} is out of range; give 0 to {MAX_ARTIFACTS_GIB} (GiB)")
     real_upstream = configured_upstream()
     if real_upstream is None and version not in images.RUNNABLE_VERSIONS:
         raise SandboxError(f"version {version!r} has no stand-in images; choose one of {images.RUNNABLE_VERSIONS}")
@@ -122,8 +130,12 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     services = compose_services(integration)
     wait_until_healthy(client, services, timeout=180, stability_window=stability_window)
     sandbox = Sandbox(home, client, s3, upstream, integration, version, real_upstream is not None)
-    summary = seed(sandbox)
-    home.write_state(seeded_old_clients=summary.inventory_old_clients)
+    summary = seed(sandbox, fleet)
+    if artifacts_gib:
+        t = time.monotonic()
+        summary.artifacts |= seed_bulk(sandbox, artifacts_gib)
+        log(f"wrote {artifacts_gib:g} GiB of artifacts in {time.monotonic() - t:.1f} s")
+    home.write_state(seeded_old_clients=summary.inventory_old_clients, artifacts_gib=artifacts_gib)
     elapsed = time.monotonic() - t0
     log(f"sandbox up: Mender {version}, {len(services)} services healthy, in {elapsed:.1f} s")
     with open(home.logs / "up-times.log", "a") as times:  # kept by `down`: start-time history
@@ -142,13 +154,19 @@ def _real_stack_images(staged: Path) -> list[str]:
     return sorted(set(found.values()))
 
 
-def seed(sandbox: Sandbox) -> SeedSummary:
+def seed(sandbox: Sandbox, fleet: int = 1) -> SeedSummary:
     per_tenant = Release(sandbox.version).minor < "3.6"  # deviceauth <= 3.4 keeps a DB per tenant
     with sandbox.mongo() as mongo:
-        summary = seed_mongo(mongo, per_tenant_databases=per_tenant)
+        summary = seed_mongo(mongo, per_tenant_databases=per_tenant, fleet=fleet)
     minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
     summary.artifacts = seed_artifacts(minio)
     return summary
+
+
+def seed_bulk(sandbox: Sandbox, gib: float) -> dict[str, str]:
+    """Add `gib` GiB of incompressible artifacts to the running sandbox's storage volume."""
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    return seed_bulk_artifacts(minio, gib)
 
 
 def mark_dirty(sandbox: Sandbox) -> None:

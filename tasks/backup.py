@@ -22,7 +22,7 @@ import docker
 import git
 
 from tasks import mongo as mongo_mod
-from tasks.containers import PROJECT, project_states, run_compose
+from tasks.containers import PROJECT, project_states, run_compose, running_services
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
 from tasks.versions import stable_versions
@@ -134,9 +134,10 @@ def stream_volume_to_store(client: docker.DockerClient, image: str, volume: str,
         return store.upload_stream(key, stream, progress)
 
 
-def writer_services(client: docker.DockerClient, project: str = PROJECT) -> list[str]:
-    """The API services that write to mongo or the artifact store (stopped in quiesce mode)."""
-    return sorted(s for s in project_states(client, project) if s not in NON_WRITERS)
+def writer_services(client: docker.DockerClient, integration: Path, project: str = PROJECT) -> list[str]:
+    """The API services that write to mongo or the artifact store (stopped in quiesce mode):
+    running services of the current configuration, so `./run stop` knows each of them."""
+    return [s for s in running_services(client, integration, project) if s not in NON_WRITERS]
 
 
 @contextmanager
@@ -175,7 +176,7 @@ def create_backup(client: docker.DockerClient, integration: Path, store: BackupS
     digests = {s: client.images.get(st.image).id for s, st in states.items()}
     version, sha = _repo_facts(integration)
     backup_id = new_backup_id(run_id)
-    stop = (writers if writers is not None else writer_services(client, project)) if mode == "quiesce" else []
+    stop = (writers if writers is not None else writer_services(client, integration, project)) if mode == "quiesce" else []
     with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as mongo, quiesced(integration, stop, log):
         info = mongo_mod.server_info(mongo)
         counts = mongo_mod.collection_counts(mongo)

@@ -21,6 +21,7 @@ PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 GATEWAY_SERVICE = "mender-api-gateway"
+ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on `run` containers (compose v1 and v2)
 
 
 def run_compose(integration: Path, args: list[str], timeout: float = 600,
@@ -97,6 +98,16 @@ def _smoke(states: dict[str, ServiceState]) -> list[service_health.RouteCheck] |
     deployments = states.get("mender-deployments")
     storage_host, why_not = service_health.storage_host_behind_gateway(deployments.env if deployments else {})
     return service_health.smoke_gateway(gateway.ip, allowed, storage_host, why_not)
+
+
+def running_services(client: docker.DockerClient, integration: Path, project: str = PROJECT) -> list[str]:
+    """The services of the current compose configuration (`./run config --services`) that have
+    a running service container: no orphans of removed services, no one-off `run` containers."""
+    configured = set(compose_services(integration))
+    running = {c.labels.get(SERVICE_LABEL) for c in client.containers.list(
+        filters={"label": f"{PROJECT_LABEL}={project}", "status": "running"})
+        if c.labels.get(ONEOFF_LABEL, "False") != "True"}
+    return sorted(configured & running)
 
 
 @dataclass(frozen=True)
@@ -233,10 +244,12 @@ def plan_cycle(services: list[str], new_hashes: dict[str, str], running: dict[st
     return CyclePlan(recreate=[s for s in services if s not in keep], keep=keep)
 
 
-def running_services(client: docker.DockerClient, project: str = PROJECT) -> dict[str, RunningService]:
+def running_containers(client: docker.DockerClient, project: str = PROJECT) -> dict[str, RunningService]:
     """The running containers of `project` by service, with what decides whether they change."""
     out: dict[str, RunningService] = {}
     for c in client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}):
+        if c.labels.get(ONEOFF_LABEL, "False") == "True":
+            continue
         attrs = c.attrs
         out[c.labels.get(SERVICE_LABEL, "?")] = RunningService(
             image=attrs["Config"]["Image"], image_id=attrs["Image"],
@@ -275,7 +288,7 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
     Downtime runs from the first stop until every service is healthy; services removed
     upstream (storage-proxy in 2.7) go as orphans."""
     services = compose_services(integration)
-    running = running_services(client, project)
+    running = running_containers(client, project)
     plan = plan_cycle(services, config_hashes(integration), running,
                       local_image_ids(client, {r.image for r in running.values()}))
     if plan.keep:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import docker
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
 from tasks.containers import PROJECT, project_states
 from tasks.errors import TransientError, UpgradeError
@@ -17,6 +17,10 @@ SYSTEM_DATABASES = ("admin", "local", "config")
 
 class MongoUnreachable(TransientError):
     """mender-mongo does not answer."""
+
+
+class MongoTooOld(UpgradeError):
+    """The server's wire version is below what the installed pymongo speaks: waiting cannot help."""
 
 
 class MongoNotRunning(UpgradeError):
@@ -49,6 +53,13 @@ def connect(url: str, timeout_ms: int = 8000) -> MongoClient:
     client = MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
     try:
         client.admin.command("ping")
+    except ConfigurationError as exc:
+        client.close()
+        if "wire version" not in str(exc):
+            raise
+        raise MongoTooOld(f"MongoDB at {_without_credentials(url)} is too old for this tool's driver: {exc}",
+                          "upgrade Mender by hand to a release running MongoDB 4.4 or later (2.5+), "
+                          "then run mender-upgrade") from exc
     except PyMongoError as exc:
         client.close()
         raise MongoUnreachable(f"MongoDB at {_without_credentials(url)} does not answer: {exc.__class__.__name__}",

@@ -57,6 +57,10 @@ class StorageAliasNotFound(UpgradeError):
     """Neither storage-proxy's alias nor DEPLOYMENTS_AWS_URI names the storage host."""
 
 
+class AllowedHostsNotEditable(UpgradeError):
+    """ALLOWED_HOSTS must name the storage host but its value is not in prod.yml to edit."""
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "<absent>"
@@ -663,6 +667,65 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
         else:
             text = insert_key(text, path, volumes, before=_next_sibling(template_data, path, gateway))
     return text
+
+
+# --- ALLOWED_HOSTS (3.2+) ----------------------------------------------------------------------
+
+ALLOWED_HOSTS = "ALLOWED_HOSTS"
+
+
+def _host_list(value: str) -> list[str]:
+    return [host.strip().lower() for host in value.split(",") if host.strip()]
+
+
+def _allowed_hosts_line(value: str, alias: str, list_form: bool) -> str:
+    hosts = ",".join([*(h.strip() for h in value.split(",") if h.strip()), alias]) if value else f"<gateway name>,{alias}"
+    return f"- {ALLOWED_HOSTS}={hosts}" if list_form else f'{ALLOWED_HOSTS}: "{hosts}"'
+
+
+def _refuse_allowed_hosts(why: str, value: str, alias: str, list_form: bool) -> AllowedHostsNotEditable:
+    return AllowedHostsNotEditable(
+        f"from 3.2 the gateway answers only the host names in ALLOWED_HOSTS, and devices reach the "
+        f"artifact storage as {alias}, which it does not list; {why}",
+        f"add {alias} to ALLOWED_HOSTS under services: {GATEWAY}: environment: in prod.yml, e.g. "
+        f"`{_allowed_hosts_line(value, alias, list_form)}`, commit, and retry")
+
+
+def allow_storage_host(text: str, alias: str) -> str:
+    """prod.yml with storage host `alias` in mender-api-gateway's ALLOWED_HOSTS.
+
+    From 3.2 the Traefik configuration turns ALLOWED_HOSTS (a comma-separated list) into a
+    router that rejects every other Host: devices fetching artifacts from a storage name other
+    than the gateway's would fail. An unset ALLOWED_HOSTS checks nothing, so nothing is added.
+    The map form (`ALLOWED_HOSTS: "a,b"`, quotes kept) and the list form (`- ALLOWED_HOSTS=a,b`)
+    are edited in place; a value that is not in prod.yml (`${VAR}`, an env_file) is refused
+    with the exact line to add. Running it again changes nothing."""
+    gateway = _service(_plain(_load(text)).get("services") or {}, GATEWAY)  # type: ignore[union-attr]
+    env, path = gateway.get("environment"), ("services", GATEWAY, "environment")
+    list_form = isinstance(env, list)
+    if isinstance(env, dict) and env.get(ALLOWED_HOSTS) is not None:
+        value, index = str(env[ALLOWED_HOSTS]), None
+    elif list_form:
+        found = [(i, str(item).partition("=")[2]) for i, item in enumerate(env)
+                 if str(item).partition("=")[0].strip() == ALLOWED_HOSTS and "=" in str(item)]
+        if not found:
+            if gateway.get("env_file"):
+                raise _refuse_allowed_hosts("its env_file may set it, and prod.yml does not", "", alias, True)
+            return text
+        index, value = found[-1]
+    else:
+        if gateway.get("env_file"):
+            raise _refuse_allowed_hosts("its env_file may set it, and prod.yml does not", "", alias, False)
+        return text
+    if alias.lower() in _host_list(value):
+        return text
+    if "$" in value:
+        raise _refuse_allowed_hosts(f"its value {value!r} comes from the environment (compose interpolation)",
+                                    "", alias, list_form)
+    hosts = value.rstrip(", ") + "," + alias
+    if index is None:
+        return replace_value(text, (*path, ALLOWED_HOSTS), hosts)
+    return replace_item(text, path, index, f"{ALLOWED_HOSTS}={hosts}")
 
 
 # --- carrying template changes ---------------------------------------------------------------

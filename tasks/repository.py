@@ -29,7 +29,8 @@ from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from tasks.containers import run_compose
 from tasks.errors import TransientError, UpgradeError
-from tasks.prod_yaml import (MISSING, TemplateChange, carry_template_changes, find_storage_alias, patch_storage_alias,
+from tasks.prod_yaml import (MISSING, TemplateChange, allow_storage_host, carry_template_changes, find_storage_alias,
+                             patch_storage_alias,
                              template_drift)
 from tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
 
@@ -39,7 +40,12 @@ ENTERPRISE_YML = "production/config/enterprise.yml"
 TEMPLATES = {PROD_YML: "production/config/prod.yml.template",
              ENTERPRISE_YML: "production/config/enterprise.yml.template"}
 REVIEW_PATHS = (":(glob)production/config/*.template", ":(glob)docker-compose*.yml", ":(glob)config/**")
+# The tool's markers (state before a hop, a failed attempt) live outside refs/tags/: production/run
+# exports `git describe --tags --abbrev=0` as INTEGRATION_VERSION, and a marker tag nearer to
+# HEAD than the release tag would name itself instead of the release that runs.
+MARKER_NAMESPACE = "refs/mender-upgrade/"
 PRE_UPGRADE_PREFIX = "pre-upgrade/"
+FAILED_PREFIX = "failed-upgrade/"
 BRANCH_NAME = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]{1,100}(?<!\.lock)(?<![/.])$")
 # A configured remote's name only (no URL, no path): the operator's git config decides where it
 # points and with which credentials. First character never '-' (an option) or '.'; no '..'.
@@ -47,6 +53,7 @@ REMOTE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
 REMOTE_NAME = re.compile(REMOTE_NAME_PATTERN)
 FETCH_TIMEOUT_S = 120
 ALIAS_PATCH_LINE = (2, 7)  # the release line whose gateway replaces storage-proxy
+ALLOWED_HOSTS_LINE = (3, 2)  # from here Traefik rejects any Host not in ALLOWED_HOSTS
 
 
 class InvalidRef(UpgradeError):
@@ -171,6 +178,60 @@ def _git(repo: git.Repo, *args: str, env: dict[str, str] | None = None, stdin: P
 
 
 # --- the clone -------------------------------------------------------------------------------
+
+
+def marker_ref(name: str) -> str:
+    """The full ref of marker `name` (`pre-upgrade/...` or `failed-upgrade/...`)."""
+    return MARKER_NAMESPACE + name
+
+
+def markers(repo: git.Repo, prefix: str) -> dict[str, str]:
+    """Marker name -> the commit it marks, for the markers whose name starts with `prefix`."""
+    out = _git(repo, "for-each-ref", "--format=%(refname) %(*objectname) %(objectname)",
+               marker_ref(prefix).rstrip("/"))
+    found = {}
+    for line in out.splitlines():
+        ref, *shas = line.split()
+        found[ref.removeprefix(MARKER_NAMESPACE)] = shas[0]  # the peeled commit of an annotated marker
+    return found
+
+
+def create_marker(repo: git.Repo, name: str, commit: str, message: str) -> str:
+    """An annotated tag object for `commit` under refs/mender-upgrade/ (never refs/tags/);
+    returns the full ref. Refuses to overwrite an existing marker."""
+    ident = _git(repo, "var", "GIT_COMMITTER_IDENT")
+    body = f"object {commit}\ntype commit\ntag {name}\ntagger {ident}\n\n{message}\n"
+    with tempfile.TemporaryDirectory(prefix="mender-upgrade-marker-") as tmp:
+        (Path(tmp) / "tag").write_text(body)
+        tag_object = _git(repo, "mktag", stdin=Path(tmp) / "tag")
+    ref = marker_ref(name)
+    _git(repo, "update-ref", "-m", "mender-upgrade marker", ref, tag_object, "")
+    return ref
+
+
+def delete_marker(repo: git.Repo, name: str) -> None:
+    _git(repo, "update-ref", "-d", marker_ref(name))
+
+
+def migrate_marker_tags(repo: git.Repo) -> list[str]:
+    """Move `pre-upgrade/*` and `failed-upgrade/*` tags that earlier versions of this tool made
+    from refs/tags/ to refs/mender-upgrade/ (same tag objects). Idempotent; a tag whose name is
+    already taken there by another object stays where it is. Returns the names moved."""
+    moved = []
+    for prefix in (PRE_UPGRADE_PREFIX, FAILED_PREFIX):
+        listing = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/tags/{prefix}".rstrip("/"))
+        for line in listing.splitlines():
+            sha, ref = line.split(" ", 1)
+            name = ref.removeprefix("refs/tags/")
+            existing = _git(repo, "for-each-ref", "--format=%(objectname)", marker_ref(name))
+            if existing and existing != sha:
+                continue
+            if not existing:
+                _git(repo, "update-ref", "-m", "mender-upgrade: marker out of refs/tags", marker_ref(name), sha, "")
+            _git(repo, "update-ref", "-d", ref, sha)
+            moved.append(name)
+    return moved
+
 
 
 def open_integration(path: Path) -> git.Repo:
@@ -383,8 +444,9 @@ def merge_tag(repo: git.Repo, tag: str, *, base: str | None = None, tag_head: bo
               now: datetime | None = None) -> MergeResult:
     """Merge release `tag` into HEAD with the current release `base` as merge base.
 
-    On success HEAD is a merge commit of the old HEAD and `tag`, and the old HEAD is tagged
-    `pre-upgrade/<base>-to-<tag>-<UTC time>` (unless `tag_head` is false). On a conflict
+    On success HEAD is a merge commit of the old HEAD and `tag`, and the old HEAD is marked
+    `refs/mender-upgrade/pre-upgrade/<base>-to-<tag>-<UTC time>` (unless `tag_head` is false;
+    `pre_upgrade_tag` holds the marker's name without the namespace). On a conflict
     (the operator's edits against upstream changes) raise MergeConflict with nothing changed.
     """
     validate_version(tag)
@@ -401,14 +463,15 @@ def merge_tag(repo: git.Repo, tag: str, *, base: str | None = None, tag_head: bo
     result.commit = _git(repo, "commit-tree", tree, "-p", head, "-p", _release(repo, tag).hexsha,
                          "-m", _merge_message(result, branch))
     if tag_head:
+        migrate_marker_tags(repo)  # an old marker tag would otherwise still win `git describe`
         result.pre_upgrade_tag = f"{PRE_UPGRADE_PREFIX}{base}-to-{tag}-{_utc_stamp(now)}"
-        _git(repo, "tag", "-a", result.pre_upgrade_tag, "-m",
-             f"State before upgrading Mender {base} -> {tag} (mender-upgrade)", head)
+        create_marker(repo, result.pre_upgrade_tag, head,
+                      f"State before upgrading Mender {base} -> {tag} (mender-upgrade)")
     try:
         _git(repo, "merge", "--ff-only", "--quiet", result.commit)
     except GitFailed:
         if result.pre_upgrade_tag:
-            _git(repo, "tag", "-d", result.pre_upgrade_tag)
+            delete_marker(repo, result.pre_upgrade_tag)
         raise
     return result
 
@@ -569,7 +632,21 @@ def update_config(repo: git.Repo, old: str, new: str, extra_roots: tuple[Path, .
             written.append(config)
     if written:
         update.commits.append(_commit(repo, written, _carry_message(old, new, update.changes)))
+    if Version.parse(new).line >= ALLOWED_HOSTS_LINE and prod.is_file():
+        text = prod.read_text()
+        alias = find_storage_alias(text)
+        allowed = allow_storage_host(text, alias) if alias else text
+        if allowed != text:
+            prod.write_text(allowed)
+            update.commits.append(_commit(repo, [PROD_YML], _allowed_hosts_message(new, alias or "")))
     return update
+
+
+def _allowed_hosts_message(new: str, alias: str) -> str:
+    return "\n".join([
+        f"production: {alias} in the gateway's ALLOWED_HOSTS for Mender {new} (prod.yml)", "",
+        "From 3.2 the Traefik gateway rejects requests for any host name not in ALLOWED_HOSTS;",
+        f"devices and presigned URLs reach the artifact storage as {alias}.", "", "Made by mender-upgrade."])
 
 
 def check_compose_config(root: Path) -> None:
@@ -591,12 +668,13 @@ class HopResult:
 
 def _describe_warning(repo: git.Repo, version: str) -> str | None:
     """production/run exports `git describe --tags --abbrev=0` as INTEGRATION_VERSION (the GUI
-    shows it); a pre-upgrade tag on the merge's first parent can win over the release tag."""
+    shows it); a tag of the operator's own near HEAD wins over the release tag (the tool's
+    markers are not tags, so they never do)."""
     described = _git(repo, "describe", "--tags", "--abbrev=0")
     if described == version:
         return None
     return (f"`git describe --tags` names {described}, so ./run exports INTEGRATION_VERSION={described}; "
-            f"once the upgrade is verified, delete the pre-upgrade tags (git tag -d <tag>)")
+            f"move that tag out of refs/tags/ or delete it (git tag -d {described}) so it names {version}")
 
 
 def upgrade_hop(repo: git.Repo, old: str, new: str, *, tag_head: bool = True,
@@ -612,8 +690,8 @@ def upgrade_hop(repo: git.Repo, old: str, new: str, *, tag_head: bool = True,
         check(Path(repo.working_tree_dir or "."))
     except UpgradeError as exc:
         if merge.pre_upgrade_tag:
-            _git(repo, "reset", "--hard", "--quiet", f"refs/tags/{merge.pre_upgrade_tag}")
-        state = f"the clone is back at {merge.pre_upgrade_tag}" if merge.pre_upgrade_tag else "the hop was not kept"
+            _git(repo, "reset", "--hard", "--quiet", marker_ref(merge.pre_upgrade_tag))
+        state = f"the clone is back at {marker_ref(merge.pre_upgrade_tag)}" if merge.pre_upgrade_tag else "the hop was not kept"
         raise HopFailed(f"hop {old} -> {new} failed: {exc.message}", f"{state}; {exc.hint}") from exc
     result = HopResult(old, new, merge, config)
     warning = _describe_warning(repo, new) if merge.pre_upgrade_tag else None
@@ -679,11 +757,12 @@ def _push_lines(out: str) -> list[tuple[str, str, str]]:
 
 
 def push_to_company_remote(integration_dir: Path, remote: str, branch: str | None = None) -> list[str]:
-    """Push the production branch (default: the checked-out one) and every pre-upgrade/ tag to
-    the configured remote `remote`: never forced, all or nothing (`--atomic`). Returns the refs
-    the remote did not have yet (empty when it was up to date).
+    """Push the production branch (default: the checked-out one) and every pre-upgrade marker
+    (refs/mender-upgrade/pre-upgrade/*, explicit refspecs: a plain push or `--tags` never sends
+    them) to the configured remote `remote`: never forced, all or nothing (`--atomic`). Returns
+    the refs the remote did not have yet (empty when it was up to date).
 
-    failed-upgrade/ tags stay local: they hold merges that never reached production, are for
+    failed-upgrade markers stay local: they hold merges that never reached production, are for
     diagnosing this host, and would only add abandoned commits to a shared remote."""
     validate_remote(remote)
     repo = open_integration(integration_dir)
@@ -697,8 +776,8 @@ def push_to_company_remote(integration_dir: Path, remote: str, branch: str | Non
         branch = repo.active_branch.name
     if validate_branch(branch) not in [head.name for head in repo.heads]:
         raise InvalidRef(f"the clone has no branch {branch!r}", "name a local branch (git branch --list)")
-    refs = [f"refs/heads/{branch}",
-            *(f"refs/tags/{tag}" for tag in _git(repo, "tag", "--list", f"{PRE_UPGRADE_PREFIX}*").split())]
+    migrate_marker_tags(repo)
+    refs = [f"refs/heads/{branch}", *(marker_ref(name) for name in sorted(markers(repo, PRE_UPGRADE_PREFIX)))]
     status, out, err = repo.git.execute(
         ["git", "push", "--porcelain", "--atomic", remote, *(f"{ref}:{ref}" for ref in refs)],
         with_extended_output=True, with_exceptions=False, env=NO_PROMPT, kill_after_timeout=FETCH_TIMEOUT_S)

@@ -18,7 +18,7 @@ import docker
 
 from tasks import mongo as mongo_mod
 from tasks.backup import BackupObject, Manifest
-from tasks.containers import PROJECT, project_states, run_compose, wait_until_healthy
+from tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, Progress
 from tasks.volumes import HELPER_LABEL, MOUNT_ROOT, IterStream, digest_tar, helper_container, restore_volume
@@ -131,7 +131,7 @@ def restore_backup(client: docker.DockerClient, integration: Path, store: Backup
     check_archives(store, manifest)
     mongo = mongo_mod.mongo_container(client, project)
     image = mongo.attrs["Config"]["Image"]
-    others = sorted(s for s in project_states(client, project) if s != mongo_mod.MONGO_SERVICE)
+    others = [s for s in running_services(client, integration, project) if s != mongo_mod.MONGO_SERVICE]
     log(f"stopping {', '.join(others)}")
     run_compose(integration, ["stop", *others])
     try:

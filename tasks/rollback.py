@@ -10,13 +10,12 @@ import docker
 import git
 
 from tasks import mongo as mongo_mod
+from tasks import repository
 from tasks.backup import Manifest
 from tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
 from tasks.errors import UpgradeError
 from tasks.restore import restore_backup
 from tasks.store import BackupStore
-
-FAILED_PREFIX = "failed-upgrade/"
 
 
 class RollbackFailed(UpgradeError):
@@ -34,18 +33,18 @@ class RollbackReport:
 def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest,
               pre_upgrade_tag: str, *, project: str = PROJECT, health_timeout: float = 300,
               stability_window: float = 5, smoke: bool = True, log: Callable[[str], None] = print) -> RollbackReport:
-    """Reset the branch to `pre_upgrade_tag` (the failed attempt stays under a failed-upgrade/
-    tag), bring the old version up, restore this run's verified backup, pass the health gate."""
-    repo = git.Repo(integration)
-    failed_tag = FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
+    """Reset the branch to marker `pre_upgrade_tag` (the failed attempt stays marked under
+    refs/mender-upgrade/failed-upgrade/), bring the old version up, restore this run's verified
+    backup, pass the health gate."""
+    pre_upgrade_ref = repository.marker_ref(pre_upgrade_tag)
     try:
         wait_for_engine(client)  # the failure may have been the engine itself restarting
-        repo.git.tag("-a", failed_tag, "-m", "Failed upgrade attempt kept for diagnosis (mender-upgrade)", "HEAD")
+        failed_tag = mark_failed_attempt(integration, pre_upgrade_tag)
         log("stopping the new version")
         run_compose(integration, ["stop"])
         run_compose(integration, ["rm", "-f"])
-        log(f"resetting the production branch to {pre_upgrade_tag}")
-        repo.git.reset("--hard", "--quiet", f"refs/tags/{pre_upgrade_tag}")
+        log(f"resetting the production branch to {pre_upgrade_ref}")
+        reset_branch(integration, pre_upgrade_tag)
         log("starting the old version")
         run_compose(integration, ["up", "-d", "--remove-orphans"])
         mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
@@ -55,12 +54,22 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
         wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window,
                            smoke=smoke)
     except (UpgradeError, git.GitCommandError) as exc:
-        raise RollbackFailed(f"rollback to {pre_upgrade_tag} failed: {exc}",
-                             f"restore by hand: `git reset --hard {pre_upgrade_tag}`, `./run up -d`, then "
+        raise RollbackFailed(f"rollback to {pre_upgrade_ref} failed: {exc}",
+                             f"restore by hand: `git reset --hard {pre_upgrade_ref}`, `./run up -d`, then "
                              f"`mender-upgrade restore --manifest {store.uri}/{manifest.key}`") from exc
     return RollbackReport(pre_upgrade_tag, failed_tag, manifest.backup_id, services)
 
 
+def mark_failed_attempt(integration: Path, pre_upgrade_tag: str) -> str:
+    """Mark HEAD (the failed attempt) `failed-upgrade/<same suffix as pre_upgrade_tag>` under
+    refs/mender-upgrade/; returns the marker's name."""
+    repo = git.Repo(integration)
+    failed_tag = repository.FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
+    repository.create_marker(repo, failed_tag, repo.head.commit.hexsha,
+                             "Failed upgrade attempt kept for diagnosis (mender-upgrade)")
+    return failed_tag
+
+
 def reset_branch(integration: Path, tag: str) -> None:
-    """Undo merges that were never deployed: back to `tag`, containers untouched."""
-    git.Repo(integration).git.reset("--hard", "--quiet", f"refs/tags/{tag}")
+    """Undo merges that were never deployed: back to marker `tag`, containers untouched."""
+    git.Repo(integration).git.reset("--hard", "--quiet", repository.marker_ref(tag))

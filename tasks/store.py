@@ -11,9 +11,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Protocol
@@ -25,6 +24,8 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from tasks.errors import TransientError, UpgradeError
 
+# Called with each chunk's byte count, always in the thread that called the store (callers
+# report to Prefect from it, which needs the run's context).
 Progress = Callable[[int], None]
 READ_CHUNK = 1024 * 1024
 
@@ -139,39 +140,46 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, f"start an upload of {full}") from exc
         digest, size, number = hashlib.sha256(), 0, 0
-        slots = threading.BoundedSemaphore(self.max_parts_in_flight)
-        failed = threading.Event()
-        futures: list[Future] = []
+        pending: dict[Future, int] = {}  # part upload -> its size
+        parts: list[dict] = []
 
         def send(n: int, body: bytes) -> dict:
-            try:
-                part = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                               PartNumber=n, Body=body)
+            part = self.client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                           PartNumber=n, Body=body)
+            return {"PartNumber": n, "ETag": part["ETag"]}
+
+        def settle(return_when: str) -> None:
+            """Collect finished parts in this (the caller's) thread: `progress` runs here, never
+            in a pool thread, where the caller's context (a Prefect run's settings and client)
+            does not exist. Re-raises the first failed part."""
+            done, _ = wait(pending, return_when=return_when)
+            for future in done:
+                parts.append(future.result())
                 if progress:
-                    progress(len(body))
-                return {"PartNumber": n, "ETag": part["ETag"]}
-            except BaseException:
-                failed.set()
-                raise
-            finally:
-                slots.release()
+                    progress(pending.pop(future))
 
         try:
             with ThreadPoolExecutor(self.max_parts_in_flight) as pool:
-                while True:
-                    body = read_full(stream, self.part_size)
-                    if not body and number > 0:
-                        break
-                    digest.update(body)
-                    size += len(body)
-                    number += 1
-                    slots.acquire()  # bounds memory: at most N parts buffered or in flight
-                    if failed.is_set():
-                        break
-                    futures.append(pool.submit(send, number, body))
-                    if len(body) < self.part_size:
-                        break
-                parts = [f.result() for f in futures]  # re-raises the first failed part
+                try:
+                    while True:
+                        body = read_full(stream, self.part_size)
+                        if not body and number > 0:
+                            break
+                        digest.update(body)
+                        size += len(body)
+                        number += 1
+                        if len(pending) >= self.max_parts_in_flight:  # bounds memory: at most N parts in flight
+                            settle(FIRST_COMPLETED)
+                        pending[pool.submit(send, number, body)] = len(body)
+                        if len(body) < self.part_size:
+                            break
+                    while pending:
+                        settle(FIRST_COMPLETED)
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
+            parts.sort(key=lambda part: part["PartNumber"])
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                                   MultipartUpload={"Parts": parts})
         except BaseException as exc:

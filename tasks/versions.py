@@ -11,6 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
+import pymongo
+from pymongo.common import MIN_SUPPORTED_SERVER_VERSION, MIN_SUPPORTED_WIRE_VERSION
+
 from tasks.errors import UpgradeError
 
 STABLE_TAG = re.compile(r"^(\d+)\.(\d+)\.(\d+)\Z")  # \Z: `$` would accept a trailing newline
@@ -58,6 +61,16 @@ def mongo_major(v: Version) -> str:
     if v.line == (3, 7):
         return "5.0"
     return "6.0"
+
+
+def _major_minor(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+def driver_reaches_mongo_of(v: Version) -> bool:
+    """Whether the installed pymongo can talk to the MongoDB release `v` runs (pymongo 4.20
+    needs MongoDB >= 4.4, wire version 9; Mender <= 2.4 runs 3.4/3.6)."""
+    return _major_minor(mongo_major(v)) >= _major_minor(MIN_SUPPORTED_SERVER_VERSION)
 
 
 @dataclass
@@ -126,6 +139,16 @@ def plan_upgrade_path(current: str, tags: list[str], target: str | None = None,
     if cur.line >= COMPOSE_LINE_END:
         return _refuse(plan, f"the running {cur} is already past the docker-compose production line",
                        "4.x is installed with Helm (mendersoftware/mender-server); this tool does not apply")
+    if not driver_reaches_mongo_of(cur):
+        first = next((v for v in versions if v > cur and driver_reaches_mongo_of(v)), None)
+        return _refuse(plan, f"Mender {cur} runs MongoDB {mongo_major(cur)}, which this tool's MongoDB driver "
+                       f"(pymongo {pymongo.version}) cannot talk to: it needs MongoDB >= {MIN_SUPPORTED_SERVER_VERSION} "
+                       f"(wire version >= {MIN_SUPPORTED_WIRE_VERSION}), so no backup could be made",
+                       f"upgrade by hand to {first.major}.{first.minor}.x or later first ({first} is the first release "
+                       "here on a MongoDB the tool reaches), following Mender's documented upgrade procedure "
+                       "(backup with mongodump, `git merge` of the release tag, `./run up -d`), then run "
+                       "mender-upgrade from there" if first else "no release in this repository runs a MongoDB "
+                       "the tool reaches")
     if target is None:
         tgt = newest
         plan.target = str(tgt)

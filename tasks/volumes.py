@@ -76,16 +76,20 @@ class IterStream(io.RawIOBase):
 
 
 @contextmanager
-def helper_container(client: docker.DockerClient, image: str, volumes: dict[str, str], read_only: bool):
-    """A created-not-started container with `volumes` (name -> mount path), removed afterwards."""
+def helper_container(client: docker.DockerClient, image: str, volumes: dict[str, str], read_only: bool,
+                     command: list[str] | None = None):
+    """A created-not-started container with `volumes` (name -> mount path), removed afterwards
+    with the anonymous volumes Docker made for the image's own VOLUMEs (the mongo image declares
+    two; without `v` each helper would leave them behind)."""
     mode = "ro" if read_only else "rw"
     container = client.containers.create(
-        image, command=["true"], entrypoint=[], labels={HELPER_LABEL: "volume"}, network_mode="none",
+        image, command=command or ["true"], entrypoint=["sh", "-c"] if command else [],
+        labels={HELPER_LABEL: "volume"}, network_mode="none",
         volumes={name: {"bind": path, "mode": mode} for name, path in volumes.items()})
     try:
         yield container
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
 
 
 def remove_stale_helpers(client: docker.DockerClient) -> list[str]:
@@ -93,7 +97,7 @@ def remove_stale_helpers(client: docker.DockerClient) -> list[str]:
     the host's upgrade lock is held."""
     stale = client.containers.list(all=True, filters={"label": HELPER_LABEL})
     for container in stale:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
     return [c.name for c in stale]
 
 
@@ -176,9 +180,14 @@ def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_str
     `archive_root` is the volume name the archive was taken from, when restoring elsewhere."""
     root = archive_root or volume
     mount = f"{MOUNT_ROOT}/{root}"
-    client.containers.run(image, entrypoint=["sh", "-c"],
-                          command=[f"find {mount} -mindepth 1 -delete"], remove=True, network_mode="none",
-                          labels={HELPER_LABEL: "volume"}, volumes={volume: {"bind": mount, "mode": "rw"}})
+    with helper_container(client, image, {volume: mount}, read_only=False,
+                          command=[f"find {mount} -mindepth 1 -delete"]) as emptier:
+        emptier.start()
+        status = emptier.wait(timeout=600)
+        if status.get("StatusCode") != 0:
+            output = emptier.logs().decode(errors="replace").strip()[-500:]
+            raise UpgradeError(f"emptying volume {volume!r} before the restore failed "
+                               f"(exit {status.get('StatusCode')}): {output}", "see the dockerd log")
     with helper_container(client, image, {volume: mount}, read_only=False) as c:
         ok = c.put_archive(MOUNT_ROOT, checked_tar_chunks(tar_stream, root))
     if not ok:

@@ -20,8 +20,10 @@ import pytest
 from sandbox.releases import Release
 from tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
 from tasks.containers import compose_services, project_states, wait_until_healthy
+from tasks.repository import FAILED_PREFIX, PRE_UPGRADE_PREFIX, markers
 from tasks.restore import check_archives
 from tasks.settings import BackupSettings
+from tasks.versions import STABLE_TAG
 from tasks.volumes import HELPER_LABEL
 from tests.sandbox.conftest import mongo_snapshot
 
@@ -148,8 +150,9 @@ def assert_invariants(sandbox, before: Before, backups: BackupSettings, history:
     1 healthy on the old (or `new_version`); 2 the newest verified backup in `backups`
     matches its manifest and every archive is safe to restore; 3 the database equals its
     state before (unless `new_data`: a completed upgrade may add); 4 the clone is on the
-    production branch, clean (but for the test's own dirt), with a pre-upgrade tag at the old
-    commit when anything was merged; 5 the history (report or message) says `says`."""
+    production branch, clean (but for the test's own dirt), with a pre-upgrade marker at the old
+    commit when anything was merged, no marker among the tags, and `git describe --tags` (what
+    ./run exports as INTEGRATION_VERSION) naming the old release when that runs; 5 the history (report or message) says `says`."""
     # 1
     services = compose_services(sandbox.integration)
     wait_until_healthy(sandbox.client, services, timeout=180, stability_window=2)
@@ -174,9 +177,15 @@ def assert_invariants(sandbox, before: Before, backups: BackupSettings, history:
     for path, content in before.dirt.items():
         assert (sandbox.integration / path).read_bytes() == content, f"{path} was changed by the tool"
     head = repo.head.commit.hexsha
+    assert not [t.name for t in repo.tags if t.name.startswith((PRE_UPGRADE_PREFIX, FAILED_PREFIX))]
+    described = repo.git.describe("--tags", "--abbrev=0")
+    if images == Release(before.version).images():  # unchanged or rolled back: HEAD is the old commit
+        assert described == before.version, f"./run would export INTEGRATION_VERSION={described}"
+    else:  # which release tag wins after a merge depends on the history's shape (the real one: the new)
+        assert STABLE_TAG.match(described), f"./run would export INTEGRATION_VERSION={described}"
     if head != before.head:
-        assert any(t.name.startswith("pre-upgrade/") and t.commit.hexsha == before.head for t in repo.tags), \
-            "HEAD moved but no pre-upgrade/ tag marks the old commit"
+        assert before.head in markers(repo, PRE_UPGRADE_PREFIX).values(), \
+            "HEAD moved but no pre-upgrade marker marks the old commit"
         assert new_version, f"HEAD moved from {before.head[:10]} to {head[:10]} though no upgrade completed"
     # 5
     for words in says:

@@ -23,6 +23,7 @@ from sandbox import engine, stack
 from sandbox.integration_fixture import add_broken_release
 from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
+from tasks.repository import FAILED_PREFIX, markers
 from tasks.settings import load_settings
 from tests.faults.conftest import assert_invariants, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
@@ -97,7 +98,7 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
     assert "mender-deployments: running; GET http://" in report
     assert "/api/internal/v1/deployments/health answered connection refused" in report
     assert "./run logs" in report
-    assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
+    assert markers(git.Repo(sandbox.integration), FAILED_PREFIX)
     assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 

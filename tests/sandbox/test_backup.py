@@ -72,6 +72,25 @@ def test_drill_restores_elsewhere_and_leaves_production_untouched(sandbox, s3_se
     assert [v for v in sandbox.client.volumes.list() if v.name.startswith("mender-upgrade-drill-")] == []
 
 
+def anonymous_dangling_volumes(client) -> set[str]:
+    """Volumes no container uses whose name Docker made up (64 hex digits): what a helper
+    container removed without `v` leaves of its image's VOLUMEs."""
+    return {v.name for v in client.volumes.list(filters={"dangling": True})
+            if len(v.name) == 64 and all(ch in "0123456789abcdef" for ch in v.name)}
+
+
+def test_volume_helpers_leave_no_anonymous_volumes(sandbox, s3_settings):
+    """The mongo image declares VOLUME /data/db: every helper container made from it gets an
+    anonymous volume, which must go with the helper (backup, drill restore and digest)."""
+    store = s3_settings.open_store()
+    before = anonymous_dangling_volumes(sandbox.client)
+    manifest = _backup(sandbox, store)
+    image = sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id).attrs["Config"]["Image"]
+    assert "/data/db" in (sandbox.client.images.get(image).attrs["Config"].get("Volumes") or {})
+    assert restore_drill(sandbox.client, store, manifest, image, log=lambda m: None).passed
+    assert anonymous_dangling_volumes(sandbox.client) - before == set()
+
+
 def test_quiesce_restarts_writers_and_hot_stops_nothing(sandbox, tmp_path):
     store = LocalStore(tmp_path / "backups")
     before = started_at(sandbox)
@@ -83,6 +102,31 @@ def test_quiesce_restarts_writers_and_hot_stops_nothing(sandbox, tmp_path):
     assert restarted == {"mender-deployments", "mender-device-auth", "mender-inventory", "mender-useradm",
                          "mender-workflows-server"}
     wait_until_healthy(sandbox.client, list(after), timeout=60, stability_window=0)
+
+
+def test_writers_are_running_services_of_the_current_configuration(sandbox):
+    """Not an orphan of a service the configuration no longer has (storage-proxy after 2.7),
+    not a one-off `run` container, not a configured service that is stopped: `./run stop`
+    would fail on the first two, and the third has nothing to stop."""
+    from tasks.backup import NON_WRITERS, writer_services
+    from tasks.containers import ONEOFF_LABEL, PROJECT, PROJECT_LABEL, SERVICE_LABEL, compose_services
+    configured = set(compose_services(sandbox.integration))
+    extra, inventory = [], project_states(sandbox.client)["mender-inventory"].container_id
+    try:
+        for service, oneoff in [("storage-proxy-retired", "False"), ("mender-useradm", "True")]:
+            extra.append(sandbox.client.containers.run(
+                "mongo:4.4", entrypoint=["sleep", "300"], detach=True, network_mode="none",
+                labels={stack.SANDBOX_LABEL: "writer-test", PROJECT_LABEL: PROJECT, SERVICE_LABEL: service,
+                        ONEOFF_LABEL: oneoff}))
+        sandbox.client.containers.get(inventory).stop(timeout=5)
+        writers = writer_services(sandbox.client, sandbox.integration)
+        assert writers == sorted(configured - NON_WRITERS - {"mender-inventory"})
+        assert "storage-proxy-retired" not in writers and "mender-useradm" in writers
+    finally:
+        for container in extra:
+            container.remove(force=True, v=True)
+        sandbox.client.containers.get(inventory).start()
+    wait_until_healthy(sandbox.client, sorted(configured), timeout=60, stability_window=0)
 
 
 def test_retention_keeps_the_newest_verified(sandbox, tmp_path):

@@ -1,5 +1,6 @@
-"""Pushing the production branch and its pre-upgrade tags to the operator's company remote:
-real clones of the fixture repository, a bare repository in tmp_path as the remote (no network)."""
+"""The tool's markers (refs/mender-upgrade/...) and pushing the production branch with its
+pre-upgrade markers to the operator's company remote: real clones of the fixture repository, a
+bare repository in tmp_path as the remote (no network)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 import sandbox.integration_fixture as fx
 from tasks import repository as r
+from tasks import rollback
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +21,9 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def upgraded(upstream: Path, tmp_path: Path) -> git.Repo:
-    """An operator clone upgraded 2.6.4 -> 3.0.0 (one pre-upgrade tag), with remote `company`
-    (an empty bare repository) and a failed-upgrade tag left by an earlier attempt."""
+    """An operator clone upgraded 2.6.4 -> 3.0.0 (one pre-upgrade marker), with remote `company`
+    (an empty bare repository) and a failed-upgrade *tag* left by an earlier attempt of an older
+    version of the tool (in refs/tags/, as it used to)."""
     repo = git.Repo(fx.create_operator_clone(upstream, tmp_path / "mender", "2.6.4"))
     r.merge_tag(repo, "3.0.0", base="2.6.4")
     repo.git.tag("-a", "failed-upgrade/2.6.4-to-3.0.0-20260101T000000Z", "-m", "failed attempt", "HEAD")
@@ -34,16 +37,66 @@ def remote_refs(path: Path) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines())
 
 
-def test_push_sends_the_branch_and_pre_upgrade_tags_only_and_is_idempotent(upgraded: git.Repo, tmp_path: Path) -> None:
-    pre_upgrade = upgraded.git.tag("--list", "pre-upgrade/*").split()
-    assert len(pre_upgrade) == 1
+def test_push_sends_the_branch_and_pre_upgrade_markers_only_and_is_idempotent(upgraded: git.Repo,
+                                                                                tmp_path: Path) -> None:
+    pre_upgrade = list(r.markers(upgraded, r.PRE_UPGRADE_PREFIX))
+    assert len(pre_upgrade) == 1 and upgraded.git.tag("--list", "pre-upgrade/*") == ""
+    marker = r.marker_ref(pre_upgrade[0])
     pushed = r.push_to_company_remote(Path(upgraded.working_tree_dir), "company")
-    assert pushed == ["refs/heads/production", f"refs/tags/{pre_upgrade[0]}"]
+    assert pushed == ["refs/heads/production", marker]
     refs = remote_refs(tmp_path / "company.git")
-    assert set(refs) == set(pushed)  # no failed-upgrade/ tag, no release tags
+    assert set(refs) == set(pushed)  # no failed-upgrade marker, no tags at all
     assert refs["refs/heads/production"] == upgraded.head.commit.hexsha
-    assert refs[f"refs/tags/{pre_upgrade[0]}"] == upgraded.tags[pre_upgrade[0]].tag.hexsha  # the annotated tag
+    assert refs[marker] == upgraded.git.rev_parse(marker)  # the annotated marker object itself
+    assert git.Repo(tmp_path / "company.git").git.cat_file("-t", marker) == "tag"
     assert r.push_to_company_remote(Path(upgraded.working_tree_dir), "company") == []
+    # the push moved the old tool's failed-upgrade tag out of refs/tags/ and kept it local
+    assert upgraded.git.tag("--list", "failed-upgrade/*") == ""
+    assert list(r.markers(upgraded, r.FAILED_PREFIX)) == ["failed-upgrade/2.6.4-to-3.0.0-20260101T000000Z"]
+
+
+def test_marker_tags_of_an_existing_clone_move_out_of_refs_tags_once(upstream: Path, tmp_path: Path) -> None:
+    """A clone an older version of the tool upgraded 3.0.0 -> 3.0.2 has its marker tags in
+    refs/tags/, and `git describe` names one of them; the migration moves the same tag objects
+    under refs/mender-upgrade/, and describe names the release again."""
+    repo = git.Repo(fx.create_operator_clone(upstream, tmp_path / "mender", "3.0.0"))
+    before = repo.head.commit.hexsha
+    r.merge_tag(repo, "3.0.2", base="3.0.0")
+    marker = next(iter(r.markers(repo, r.PRE_UPGRADE_PREFIX)))
+    old_style = {"pre-upgrade/3.0.0-to-3.0.2-20250101T000000Z": before,
+                 "failed-upgrade/3.0.0-to-3.0.2-20250101T000000Z": "HEAD"}
+    for name, commit in old_style.items():
+        repo.git.tag("-a", name, "-m", "made by an older mender-upgrade", commit)
+    objects = {name: repo.git.rev_parse(f"refs/tags/{name}") for name in old_style}
+    assert repo.git.describe("--tags", "--abbrev=0") != "3.0.2"  # the bug: a marker tag wins
+    assert sorted(r.migrate_marker_tags(repo)) == sorted(old_style)
+    assert repo.git.tag("--list", "*-upgrade/*") == ""
+    assert {name: repo.git.rev_parse(r.marker_ref(name)) for name in old_style} == objects
+    assert repo.git.describe("--tags", "--abbrev=0") == "3.0.2"
+    assert set(r.markers(repo, "")) == {*old_style, marker}
+    assert r.migrate_marker_tags(repo) == []  # idempotent
+
+
+def test_a_tag_whose_marker_name_is_taken_stays(upgraded: git.Repo) -> None:
+    name = next(iter(r.markers(upgraded, r.PRE_UPGRADE_PREFIX)))
+    upgraded.git.tag(name, "HEAD")  # same name, other object
+    assert "failed-upgrade/2.6.4-to-3.0.0-20260101T000000Z" in r.migrate_marker_tags(upgraded)
+    assert upgraded.git.tag("--list", "pre-upgrade/*") == name
+
+
+def test_describe_names_the_running_release_after_a_patch_hop_and_after_a_rollback(upstream: Path,
+                                                                                  tmp_path: Path) -> None:
+    """production/run exports `git describe --tags --abbrev=0` as INTEGRATION_VERSION."""
+    root = fx.create_operator_clone(upstream, tmp_path / "mender", "3.0.0")
+    repo = git.Repo(root)
+    result = r.upgrade_hop(repo, "3.0.0", "3.0.2", check=lambda path: None)
+    assert repo.git.describe("--tags", "--abbrev=0") == "3.0.2" and not result.warnings
+    attempt = repo.head.commit.hexsha
+    failed = rollback.mark_failed_attempt(root, result.merge.pre_upgrade_tag)  # as roll_back does
+    rollback.reset_branch(root, result.merge.pre_upgrade_tag)
+    assert repo.git.describe("--tags", "--abbrev=0") == "3.0.0"
+    assert r.markers(repo, r.FAILED_PREFIX) == {failed: attempt}
+    assert repo.git.tag("--list", "*-upgrade/*") == ""
 
 
 def test_a_remote_that_moved_on_is_never_overwritten_and_gets_nothing(upgraded: git.Repo, tmp_path: Path) -> None:
@@ -56,13 +109,14 @@ def test_a_remote_that_moved_on_is_never_overwritten_and_gets_nothing(upgraded: 
     other.git.push("origin", "production")
     before = remote_refs(tmp_path / "company.git")
     upgraded.git.commit("--allow-empty", "-q", "-m", "local change")
-    upgraded.git.tag("-a", "pre-upgrade/3.0.0-to-3.0.2-20260102T000000Z", "-m", "next hop", "HEAD~1")
+    r.create_marker(upgraded, "pre-upgrade/3.0.0-to-3.0.2-20260102T000000Z", upgraded.git.rev_parse("HEAD~1"),
+                    "next hop")
 
     with pytest.raises(r.PushRejected) as err:
         r.push_to_company_remote(root, "company")
     assert "refs/heads/production" in err.value.message and "nothing was pushed" in err.value.message
     assert "never force-push" in err.value.hint
-    assert remote_refs(tmp_path / "company.git") == before  # --atomic: the new tag did not go either
+    assert remote_refs(tmp_path / "company.git") == before  # --atomic: the new marker did not go either
 
 
 def test_a_missing_or_unreachable_remote_is_named(upgraded: git.Repo, tmp_path: Path) -> None:

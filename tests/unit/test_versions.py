@@ -67,3 +67,21 @@ def test_plan_flags_alias_patch_and_mongo_change():
 def test_mongo_majors_by_release():
     assert [mongo_major(Version.parse(v)) for v in ["2.2.2", "2.4.3", "2.5.1", "3.6.5", "3.7.11", "3.8.5"]] == \
         ["3.4", "3.6", "4.4", "4.4", "5.0", "6.0"]
+
+
+@pytest.mark.parametrize("current,mongo", [("2.2.2", "3.4"), ("2.3.0", "3.6"), ("2.4.3", "3.6")])
+def test_releases_on_a_mongo_the_driver_cannot_reach_are_refused_with_what_to_do(current: str, mongo: str) -> None:
+    """pymongo 4.x speaks to MongoDB >= 4.4 only: the plan says so at once (no backup could be
+    made), rather than a retried "does not answer" in the middle of a run."""
+    import pymongo
+    from pymongo.common import MIN_SUPPORTED_SERVER_VERSION
+    assert MIN_SUPPORTED_SERVER_VERSION == "4.4"  # the installed driver's floor, which the refusal names
+    plan = plan_upgrade_path(current, TAGS + [current], "2.6.4")
+    assert plan.refused and not plan.hops
+    assert f"Mender {current} runs MongoDB {mongo}" in plan.refused
+    assert f"pymongo {pymongo.version}" in plan.refused and "MongoDB >= 4.4 (wire version >= 9)" in plan.refused
+    assert "upgrade by hand to 2.5.x or later first" in plan.refused and "mongodump" in plan.refused
+
+
+def test_the_first_release_on_mongo_44_is_planned() -> None:
+    assert plan_upgrade_path("2.5.1", TAGS, "2.6.4").hops == ["2.6.4"]
