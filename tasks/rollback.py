@@ -49,7 +49,8 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
         log("starting the old version")
         run_compose(integration, ["up", "-d", "--remove-orphans"])
         mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
-        restore_backup(client, integration, store, manifest, project=project, health_timeout=health_timeout,
+        restore_backup(client, integration, store, manifest, host_id=store.host_id, project=project,
+                       health_timeout=health_timeout,
                        stability_window=stability_window, log=log)
         services = compose_services(integration)
         wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window)

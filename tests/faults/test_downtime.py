@@ -24,7 +24,7 @@ from sandbox.integration_fixture import add_broken_release
 from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
 from tasks.settings import load_settings
-from tests.faults.conftest import assert_invariants, take_before, why_of
+from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.conftest import artifact_snapshot
 from tests.sandbox.faultproxy import FaultProxy
@@ -73,9 +73,9 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
     # Either outcome keeps the invariants: rolled back to 2.6.4, or the stack came up on 2.7.2 anyway.
     assert state.is_failed() or state.is_completed(), state.message
     if state.is_failed():
-        assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4"])
+        assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4"])
     else:
-        assert_invariants(sandbox, before, settings.backup, report, ["**completed**"], new_version="2.7.2")
+        assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**completed**"], new_version="2.7.2")
 
 
 @pytest.mark.fault(case="new version never healthy", injected=f"target {BROKEN_VERSION}, whose deployments service never gets healthy")
@@ -90,7 +90,7 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     report = report_of(run_id)
     fault.did = why_of(report)
     assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
-    assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
+    assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 
 
@@ -129,10 +129,10 @@ def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path
     assert state.is_completed(), state.message
     fault.did = ("the dead run holds the lock: the new run refuses and names `mender-upgrade unlock`; after "
                  "`unlock --force` the dead run shows Crashed, the new run clears its leftovers and completes")
-    store = direct.backup.open_store()
+    store = direct.backup_store()
     assert store.pending_uploads() == []
     with get_client(sync_client=True) as client:
         dead = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
                 if r.state and r.state.type.value == "CRASHED" and (r.parameters["settings"]["host_id"] == settings.host_id)]
     assert dead and "unlock --force" in dead[0].state.message
-    assert_invariants(sandbox, before, direct.backup, report, ["**completed**"], new_version="2.7.2")
+    assert_invariants(sandbox, before, direct.backup_store(), report, ["**completed**"], new_version="2.7.2")

@@ -9,7 +9,7 @@ import pytest
 
 from sandbox.s3 import S3_PORT
 from tasks.containers import project_states
-from tests.faults.conftest import assert_invariants, take_before, why_of
+from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.faultproxy import FaultProxy
 
@@ -35,9 +35,11 @@ def test_mongo_stopped_before_backup(prefect_api, sandbox, fault, baseline):
     def stop_then_approve(description):
         _stop_mongo(sandbox)
         return True, "go"
-    report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2"), stop_then_approve)
+    settings = flow_settings(sandbox, "2.7.2")
+    report = _failed_run(sandbox, fault, settings, stop_then_approve)
     assert_invariants(sandbox, before, baseline, report,
-                      ["**failed**", "mender-mongo", "not running", "before any downtime", "started mender-mongo"])
+                      ["**failed**", "mender-mongo", "not running", "before any downtime", "started mender-mongo"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="mongo stopped during cleanup",
@@ -51,8 +53,11 @@ def test_mongo_stopped_during_cleanup(prefect_api, sandbox, fault, baseline):
     finally:
         proxy.close()
     assert proxy.on_request is None, "the fault was never injected"
-    assert_invariants(sandbox, before, settings.backup, report,
-                      ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"])
+    # The proxy is closed: the invariants read this run's backup straight from S3.
+    assert run_backups(sandbox, settings).list_keys("")  # this run made a backup: invariant 2 checks it
+    assert_invariants(sandbox, before, baseline, report,
+                      ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="S3 killed mid-upload", injected="every S3 connection cut 3 MB into the backup (inside the "
@@ -66,7 +71,8 @@ def test_s3_killed_mid_upload(prefect_api, sandbox, fault, baseline):
         assert proxy.cuts == 1
     finally:
         proxy.close()
-    assert_invariants(sandbox, before, baseline, report, ["**failed**", "unreachable", "before any downtime"])
+    assert_invariants(sandbox, before, baseline, report, ["**failed**", "unreachable", "before any downtime"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="local backup target full", injected="backup target on a 1 MiB tmpfs")
@@ -76,8 +82,10 @@ def test_local_backup_target_full(prefect_api, sandbox, fault, baseline, tmp_pat
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
     try:
         before = take_before(sandbox)
-        report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2", backup={"target": f"file://{mount}/b"}))
+        settings = flow_settings(sandbox, "2.7.2", backup={"target": f"file://{mount}/b"})
+        report = _failed_run(sandbox, fault, settings)
         leftovers = [p for p in (mount / "b").rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name == "manifest.json"]  # no backup: invariant 2 checks the baseline
         assert not [p for p in leftovers if p.name.endswith(".partial") or p.name == "manifest.json"]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
