@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from sandbox.s3 import S3_PORT
+from tasks.backup import ensure_verified_backup, list_backups
+from tasks.restore import check_archives
 from tasks.containers import project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
@@ -90,3 +92,32 @@ def test_local_backup_target_full(prefect_api, sandbox, fault, baseline, tmp_pat
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert_invariants(sandbox, before, baseline, report, ["**failed**", "full", "before any downtime"])
+
+
+@pytest.mark.fault(case="two hosts sharing a target with keep_last = 1",
+                   injected="host-b's backup and an upload of host-b in progress while host-a backs up and prunes twice")
+def test_two_hosts_sharing_a_target_keep_each_others_backups(sandbox, fault, baseline):
+    before = take_before(sandbox)
+    shared = flow_settings(sandbox, "2.7.2").backup.model_copy(update={"keep_last": 1})
+    host_a, host_b = shared.open_store("host-a"), shared.open_store("host-b")
+
+    def backup(store, run_id):
+        return ensure_verified_backup(sandbox.client, sandbox.integration, store, run_id=run_id, mode="hot",
+                                      keep_last=1, holds_lock=True, log=lambda m: None)
+    b1 = backup(host_b, "run-b-1")
+    s3 = sandbox.s3.client()
+    bucket, prefix = sandbox.s3.bucket, host_b.prefix
+    pending = s3.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/in-progress/volumes/x.tar")["UploadId"]
+    try:
+        a1 = backup(host_a, "run-a-1")
+        a2 = backup(host_a, "run-a-2")
+        assert [m.backup_id for m in list_backups(host_a)] == [a2.backup_id]  # a1 pruned: keep_last = 1
+        assert a1.backup_id not in {m.backup_id for m in list_backups(host_a)}
+        assert [m.backup_id for m in list_backups(host_b)] == [b1.backup_id]
+        assert host_b.pending_uploads() == ["in-progress/volumes/x.tar"]
+        check_archives(host_b, b1)
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key=f"{prefix}/in-progress/volumes/x.tar", UploadId=pending)
+    fault.did = ("host-a pruned and aborted only under <target>/host-a/: host-b's backup and its upload "
+                 "in progress are intact")
+    assert_invariants(sandbox, before, host_b, fault.did, ["host-b's backup"])
