@@ -182,7 +182,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             undo.cleanup = True  # set first: a cleanup cut short is undone too
             with timed(report, "cleanup"):
                 report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
-    except UpgradeError as exc:
+    except BaseException as exc:  # a library error or a cancellation too: undo before leaving
         undo.run(_why(exc))
         raise
 

@@ -168,12 +168,16 @@ def drop_newer_than_backup(client, counts: dict[str, dict[str, int]]) -> list[st
 def restore_backup(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest, *,
                    host_id: str, allow_other_host: bool = False,
                    project: str = PROJECT, health_timeout: float = 300, stability_window: float = 5,
-                   log: Callable[[str], None] = print, progress: Progress | None = None) -> None:
-    """Put production back to the backup: database, volumes, then services healthy again."""
+                   log: Callable[[str], None] = print, progress: Progress | None = None,
+                   pins: dict[str, Chunks] | None = None) -> None:
+    """Put production back to the backup: database, volumes, then services healthy again.
+    `pins`: the objects as already pinned and checked by the caller (`pinned_objects`)."""
     require_this_host(manifest, host_id, allow_other_host)
     volume_objects = volumes_to_restore(manifest, backed_up_volumes(client, integration, project), log)
-    log(f"checking backup {manifest.backup_id} before touching anything")
-    with pinned_objects(store, manifest) as pins:
+    with ExitStack() as stack:
+        if pins is None:
+            log(f"checking backup {manifest.backup_id} before touching anything")
+            pins = stack.enter_context(pinned_objects(store, manifest))
         mongo = mongo_mod.mongo_container(client, project)
         image = mongo.attrs["Config"]["Image"]
         others = sorted(s for s in project_states(client, project) if s != mongo_mod.MONGO_SERVICE)
