@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from tasks.backup import MANIFEST, Manifest, ensure_verified_backup, newest_verified_backup
+from tasks.backup import MANIFEST, ensure_verified_backup, newest_verified_backup, read_manifest
 from tasks.errors import UpgradeError
 from tasks.mongo import mongo_container
 from tasks.restore import restore_backup, restore_drill
@@ -26,14 +26,16 @@ def _settings(config: Path | None, integration: Path | None, target: str | None,
                          ({"integration_dir": integration} if integration else {}))
 
 
-def split_manifest_uri(uri: str, base: BackupSettings) -> tuple[BackupSettings, str]:
-    """`<target>/<backup id>/manifest.json` -> (settings for <target>, key of the manifest)."""
+def open_manifest_uri(uri: str, base: BackupSettings, allow_unsigned: bool):
+    """`<target>/<host id>/<backup id>/manifest.json` -> (that host's store, its checked manifest)."""
     head, _, name = uri.rstrip("/").rpartition("/")
-    target, _, backup_id = head.rpartition("/")
-    if name != MANIFEST or not backup_id or not target:
+    host_part, _, backup_id = head.rpartition("/")
+    target, _, host_id = host_part.rpartition("/")
+    if name != MANIFEST or not backup_id or not host_id or not target:
         raise UpgradeError(f"{uri!r} is not a backup manifest URI",
-                           "use <target>/<backup id>/manifest.json, as printed by `mender-upgrade backup`")
-    return load_settings({"backup": base.model_dump() | {"target": target}}).backup, f"{backup_id}/{MANIFEST}"
+                           "use <target>/<host id>/<backup id>/manifest.json, as printed by `mender-upgrade backup`")
+    store = load_settings({"backup": base.model_dump() | {"target": target}}).backup.open_store(host_id)
+    return store, read_manifest(store, f"{backup_id}/{MANIFEST}", allow_unsigned)
 
 
 class _Bytes:
@@ -63,6 +65,9 @@ CONFIG = typer.Option(None, "--config", help="TOML or YAML settings (see config-
 INTEGRATION = typer.Option(None, "--integration", help="root of the operator's integration clone")
 TARGET = typer.Option(None, "--target", help="s3://bucket/prefix or file:///folder")
 ENDPOINT = typer.Option(None, "--endpoint-url", help="S3 endpoint for non-AWS servers")
+ALLOW_UNSIGNED = typer.Option(False, "--allow-unsigned",
+                              help="accept a manifest without a valid signature (after checking it yourself)")
+OTHER_HOST = typer.Option(False, "--other-host", help="accept a backup made on another host")
 
 
 def backup(config: Path = CONFIG, integration: Path = INTEGRATION, target: str = TARGET, endpoint: str = ENDPOINT) -> None:
@@ -70,7 +75,7 @@ def backup(config: Path = CONFIG, integration: Path = INTEGRATION, target: str =
     def act() -> None:
         s = _settings(config, integration, target, endpoint)
         with _progress() as progress:
-            m = ensure_verified_backup(docker.from_env(timeout=600), s.integration_dir, s.backup.open_store(),
+            m = ensure_verified_backup(docker.from_env(timeout=600), s.integration_dir, s.backup_store(),
                                        mode=s.backup.mode.value, keep_last=s.backup.keep_last,
                                        writers=s.writer_services, project=s.compose_project, log=console.print,
                                        progress=_Bytes(progress, "backup and verify"))
@@ -80,38 +85,38 @@ def backup(config: Path = CONFIG, integration: Path = INTEGRATION, target: str =
 
 def restore(manifest: str = typer.Option(..., "--manifest", help="URI of the backup's manifest.json"),
             config: Path = CONFIG, integration: Path = INTEGRATION, endpoint: str = ENDPOINT,
-            yes: bool = typer.Option(False, "--yes", help="do not ask")) -> None:
+            yes: bool = typer.Option(False, "--yes", help="do not ask"),
+            allow_unsigned: bool = ALLOW_UNSIGNED, other_host: bool = OTHER_HOST) -> None:
     """Put production back to a verified backup (services stopped meanwhile)."""
     def act() -> None:
         s = _settings(config, integration, None, endpoint)
-        backup_settings, key = split_manifest_uri(manifest, s.backup)
-        store = backup_settings.open_store()
-        m = Manifest.from_json(store.get_bytes(key))
+        store, m = open_manifest_uri(manifest, s.backup, allow_unsigned)
         if not yes:
             typer.confirm(f"Replace the database and volumes of {s.integration_dir} with backup {m.backup_id} "
-                          f"({m.created_utc}, Mender {m.integration_version})?", abort=True)
+                          f"of host {m.host_id} ({m.created_utc}, Mender {m.integration_version})?", abort=True)
         with _progress() as progress:
-            restore_backup(docker.from_env(timeout=600), s.integration_dir, store, m, project=s.compose_project,
+            restore_backup(docker.from_env(timeout=600), s.integration_dir, store, m, host_id=s.host(),
+                           allow_other_host=other_host, project=s.compose_project,
                            health_timeout=s.health_timeout_s, log=console.print, progress=_Bytes(progress, "restore"))
         console.print(f"restored {m.backup_id}; per-collection counts match the manifest")
     _run(act)
 
 
 def drill(manifest: str = typer.Option(None, "--manifest", help="manifest URI; default: newest verified"),
-          config: Path = CONFIG, target: str = TARGET, endpoint: str = ENDPOINT) -> None:
+          config: Path = CONFIG, target: str = TARGET, endpoint: str = ENDPOINT,
+          allow_unsigned: bool = ALLOW_UNSIGNED, other_host: bool = OTHER_HOST) -> None:
     """Restore a backup into throw-away containers and compare; production is not touched."""
     def act() -> None:
         s = _settings(config, None, target, endpoint)
         if manifest:
-            backup_settings, key = split_manifest_uri(manifest, s.backup)
-            store = backup_settings.open_store()
-            m = Manifest.from_json(store.get_bytes(key))
+            store, m = open_manifest_uri(manifest, s.backup, allow_unsigned)
         else:
-            store = s.backup.open_store()
+            store = s.backup_store()
             m = newest_verified_backup(store)
         client = docker.from_env(timeout=600)
         image = mongo_container(client, s.compose_project).attrs["Config"]["Image"]
-        report = restore_drill(client, store, m, image, log=console.print)
+        report = restore_drill(client, store, m, image, host_id=s.host(), allow_other_host=other_host,
+                               log=console.print)
         console.print(f"drill of {m.backup_id}: {report.collections_checked} collections, {report.files_checked} files: "
                       + ("[green]passed[/green]" if report.passed else "[red]FAILED[/red]"))
         for difference in report.differences[:20]:

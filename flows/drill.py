@@ -17,11 +17,11 @@ from tasks.settings import UpgradeSettings
 @flow(name="restore-drill", persist_result=False)
 def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     log = get_run_logger()
-    store = settings.backup.open_store()
+    store = settings.backup_store()
     manifest = newest_verified_backup(store)
     client = docker.from_env(timeout=600)
     image = mongo_container(client, settings.compose_project).attrs["Config"]["Image"]
-    report = restore_drill(client, store, manifest, image, log=log.info)
+    report = restore_drill(client, store, manifest, image, host_id=settings.host(), log=log.info)
     outcome = "passed" if report.passed else "FAILED"
     create_markdown_artifact(key="restore-drill", description=f"restore drill {outcome}", markdown="\n".join(
         [f"# Restore drill of `{manifest.target}/{manifest.key}`: **{outcome}**",

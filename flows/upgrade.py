@@ -8,12 +8,15 @@ the first container stop rolls back to the state before the run.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
@@ -44,8 +47,18 @@ def timed(report: RunReport, step: str):
         report.steps[step] = round(report.steps.get(step, 0) + time.monotonic() - start, 1)
 
 
-def _why(exc: UpgradeError) -> str:
+def _why(exc: BaseException) -> str:
+    if not isinstance(exc, UpgradeError):
+        return _message(exc)
     return f"{exc.message} (what to do: {exc.hint})" if exc.hint else exc.message
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, UpgradeError):
+        return exc.message
+    if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
+        return "the run was cancelled (or its process told to stop)"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def _now() -> datetime:
@@ -97,9 +110,10 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     try:
         with host_lock(report.host, settings.lock_wait_s):
             return _upgrade(settings, report, poll_interval_s)
-    except UpgradeError as exc:
+    except BaseException as exc:  # whatever ends the run, the report says how it ended
         if report.outcome == "running":
-            report.outcome, report.reason = "failed", _why(exc)
+            cancelled = isinstance(exc, (TerminationSignal, KeyboardInterrupt))
+            report.outcome, report.reason = ("cancelled" if cancelled else "failed"), _why(exc)
         raise
     finally:
         get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
@@ -168,7 +182,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             undo.cleanup = True  # set first: a cleanup cut short is undone too
             with timed(report, "cleanup"):
                 report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
-    except UpgradeError as exc:
+    except BaseException as exc:  # a library error or a cancellation too: undo before leaving
         undo.run(_why(exc))
         raise
 
@@ -206,17 +220,19 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
                 steps.mongo_hop_finish_task(settings, new_mongo)
             current = hop
             undo.hop_tag = None  # deployed: only a rollback can take it back now
-    except UpgradeError as exc:
+    except BaseException as exc:  # after the first stop, anything (a library error, a cancellation) rolls back
         if not cycled:
             undo.run(_why(exc))
             raise
-        log.error(f"upgrade failed: {exc}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
-        with timed(report, "rollback"):
+        log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
+        with timed(report, "rollback"), _stop_requests_held(log):
             steps.rollback_task(settings, manifest, undo.first_tag)
         report.outcome = "rolled back"
-        report.reason = f"{exc.message}; the server is back on {plan.current} with backup {manifest.backup_id}"
+        report.reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
         emit_rolled_back(report.run_id, report.reason)
-        raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {exc.message}",
+        if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
+            raise  # the run ends cancelled, as asked, with the server rolled back
+        raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {_message(exc)}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
                             "refs/mender-upgrade/failed-upgrade/ for diagnosis") from exc
     if current != plan.target:  # stopped at a gate or by the window before a hop's downtime
@@ -233,6 +249,23 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         except UpgradeError as exc:  # the upgrade succeeded; a failed push is a warning, not a failed run
             report.warnings.append(f"not pushed to {settings.staging.push_remote}: {_why(exc)}")
     return report.to_dict()
+
+
+@contextmanager
+def _stop_requests_held(log):
+    """While rolling back, a further SIGTERM (a second cancel) is logged and held: cutting the
+    rollback short would leave the server half restored. SIGKILL cannot be held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def held(signum, frame) -> None:
+        log.warning("stop requested during the rollback: held until the rollback has finished")
+    previous = signal.signal(signal.SIGTERM, held)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Undo:

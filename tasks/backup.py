@@ -1,15 +1,28 @@
 """Backup, verification, retention and restore of a Mender installation.
 
-A backup is a folder of objects in the target: `mongo.archive.gz` (`mongodump --archive
---gzip` run inside the running mender-mongo container, streamed straight into the upload),
-one `volumes/<name>.tar` per external volume of the operator's prod.yml (Docker's archive
-API), and `manifest.json`, written last. A backup counts as *verified* only after every object
-was read back and its SHA-256 recomputed and matched; only then is the manifest marked.
+A backup is a folder of objects in this host's namespace of the target (`<target>/<host_id>/`):
+`mongo.archive.gz` (`mongodump --archive --gzip` run inside the running mender-mongo container,
+streamed straight into the upload), one `volumes/<name>.tar` per named volume the services
+mount (Docker's archive API) except mongod's data directory (its files change under the
+running server; the dump covers the database), and `manifest.json`, written last. A backup
+counts as *verified* only after every object was read back (by its S3 version) and its SHA-256
+recomputed and matched; only then is the manifest marked.
+
+Whoever can write to the target can forge a manifest, so every manifest carries an
+HMAC-SHA256 made with a key kept outside the target (`backup.signing_key_file`, created 0600
+on first use); a manifest that is unsigned, mis-signed or malformed is refused.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
 import json
+import os
+import re
+import secrets
+import stat
 import subprocess
 import uuid
 from contextlib import contextmanager
@@ -26,10 +39,14 @@ from tasks.containers import PROJECT, project_states, run_compose, running_servi
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
 from tasks.versions import stable_versions
-from tasks.volumes import IterStream, external_volumes, remove_stale_helpers, volume_tar_stream
+from tasks.volumes import (VOLUME_NAME, IterStream, InstallationVolumes, external_volumes, installation_volumes,
+                           remove_stale_helpers, volume_tar_stream)
 
 MANIFEST = "manifest.json"
 MONGO_OBJECT = "mongo.archive.gz"
+IN_USE = "in-use"  # in-use/<run id>: the backup a run's rollback depends on (never pruned)
+BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9-]{1,36}$")
+SIGNATURE_PREFIX = "hmac-sha256:"
 # Services that keep running in quiesce mode: the database itself, storage and the edge.
 NON_WRITERS = {"mender-mongo", "minio", "mender-api-gateway", "storage-proxy", "mender-nats", "mender-opensearch"}
 
@@ -42,6 +59,18 @@ class DumpFailed(BackupFailed):
     """mongodump exited non-zero; its object was not completed."""
 
 
+class ManifestUntrusted(UpgradeError):
+    """A manifest is unsigned, mis-signed or malformed: it may be forged."""
+
+
+class OtherHostsBackup(UpgradeError):
+    """The backup belongs to another host."""
+
+
+class SigningKeyUnusable(UpgradeError):
+    """The manifest signing key file is missing its protection or unreadable."""
+
+
 @dataclass
 class BackupObject:
     key: str
@@ -51,6 +80,7 @@ class BackupObject:
     sha256: str
     compression: str
     encryption: str | None
+    version_id: str | None = None  # S3 version written and verified: restores read exactly this
 
 
 @dataclass
@@ -68,6 +98,7 @@ class Manifest:
     objects: list[BackupObject] = field(default_factory=list)
     target: str = ""
     verified_utc: str | None = None
+    host_id: str = ""
 
     @property
     def verified(self) -> bool:
@@ -77,15 +108,97 @@ class Manifest:
     def key(self) -> str:
         return f"{self.backup_id}/{MANIFEST}"
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self) | {"verified": self.verified}, indent=2, sort_keys=True).encode()
+    def _body(self) -> dict:
+        return asdict(self) | {"verified": self.verified}
+
+    def to_json(self, signing_key: bytes) -> bytes:
+        """The manifest with its HMAC-SHA256 over the canonical JSON of everything else."""
+        body = self._body()
+        return json.dumps(body | {"signature": _sign(body, signing_key)}, indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "Manifest":
-        raw = json.loads(data)
-        raw.pop("verified", None)
-        raw["objects"] = [BackupObject(**o) for o in raw.get("objects", [])]
-        return cls(**raw)
+    def from_json(cls, data: bytes, signing_key: bytes, allow_unsigned: bool = False, where: str = "") -> "Manifest":
+        """Parse and check a manifest read from the target (untrusted): signature, backup id,
+        object keys and volume names. `allow_unsigned` (an operator's explicit override)
+        accepts a missing or wrong signature, never malformed content."""
+        where = where or "the manifest"
+        try:
+            raw = json.loads(data)
+            signature = raw.pop("signature", None)
+            body = dict(raw)
+            raw.pop("verified", None)
+            raw["objects"] = [BackupObject(**o) for o in raw.get("objects", [])]
+            manifest = cls(**raw)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ManifestUntrusted(f"{where} is not a mender-upgrade manifest: {exc}",
+                                    "restore a backup written by mender-upgrade; nothing was changed") from None
+        if not allow_unsigned:
+            if not signature:
+                raise ManifestUntrusted(f"{where} is not signed",
+                                        "if you wrote it yourself and checked it, pass --allow-unsigned; "
+                                        "nothing was changed")
+            if not hmac.compare_digest(str(signature), _sign(body, signing_key)):
+                raise ManifestUntrusted(f"{where} has a signature that does not match the signing key",
+                                        "it was changed after it was written, or signed with another host's key "
+                                        "(backup.signing_key_file); nothing was changed")
+        manifest._check_shape(where)
+        return manifest
+
+    def _check_shape(self, where: str) -> None:
+        def bad(what: str) -> ManifestUntrusted:
+            return ManifestUntrusted(f"{where}: {what}", "this manifest was not written by mender-upgrade; "
+                                     "nothing was changed")
+        if not BACKUP_ID.match(str(self.backup_id)):
+            raise bad(f"backup id {self.backup_id!r} is not of the form 20261129T230000Z-<run>")
+        for obj in self.objects:
+            if obj.kind == "mongo":
+                expected = f"{self.backup_id}/{MONGO_OBJECT}"
+            elif obj.kind == "volume":
+                if not VOLUME_NAME.match(str(obj.name)):
+                    raise bad(f"volume name {obj.name!r} is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)")
+                expected = f"{self.backup_id}/volumes/{obj.name}.tar"
+            else:
+                raise bad(f"object kind {obj.kind!r} is neither mongo nor volume")
+            if obj.key != expected:
+                raise bad(f"object key {obj.key!r} should be {expected!r}")
+            if not isinstance(obj.size, int) or not re.fullmatch(r"[0-9a-f]{64}", str(obj.sha256)):
+                raise bad(f"object {obj.key!r} has no valid size and SHA-256")
+
+
+def _sign(body: dict, key: bytes) -> str:
+    if not key:
+        raise SigningKeyUnusable("no manifest signing key is loaded", "this is a bug: open the store from settings")
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return SIGNATURE_PREFIX + hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def load_signing_key(path: Path) -> bytes:
+    """The manifest signing key in `path`, created (32 random bytes, hex, mode 0600, folder
+    0700) on first use. Keep it off the backup target and back it up on its own."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        why = "is a symlink" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+        raise SigningKeyUnusable(f"the manifest signing key file {path} {why}",
+                                 "point backup.signing_key_file at a plain file only root can read") from None
+    with os.fdopen(fd) as key_file:
+        info = os.fstat(key_file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & 0o077:
+            raise SigningKeyUnusable(f"the manifest signing key file {path} is readable by others "
+                                     f"(mode {stat.S_IMODE(info.st_mode):o})", f"run `chmod 600 {path}`")
+        key = key_file.read().strip().encode()
+    if len(key) < 32:
+        raise SigningKeyUnusable(f"the manifest signing key in {path} is shorter than 32 characters",
+                                 "remove the file: a new key is made on the next run (older backups then "
+                                 "need --allow-unsigned)")
+    return key
 
 
 def _now() -> str:
@@ -167,9 +280,8 @@ def _repo_facts(integration: Path) -> tuple[str | None, str | None]:
 def create_backup(client: docker.DockerClient, integration: Path, store: BackupStore, run_id: str, *,
                   mode: str = "quiesce", writers: list[str] | None = None, project: str = PROJECT,
                   log: Callable[[str], None] = print, progress: Progress | None = None) -> Manifest:
-    """Dump mongo and tar every external volume into `store`; returns the (unverified) manifest."""
-    prod_yml = (integration / "production" / "config" / "prod.yml").read_text()
-    volumes = external_volumes(prod_yml)
+    """Dump mongo and tar every data volume but mongod's into `store`; returns the (unverified) manifest."""
+    volumes = backed_up_volumes(client, integration, project).archived
     container = mongo_mod.mongo_container(client, project)
     image = container.attrs["Config"]["Image"]
     states = project_states(client, project)
@@ -183,36 +295,57 @@ def create_backup(client: docker.DockerClient, integration: Path, store: BackupS
         manifest = Manifest(backup_id=backup_id, run_id=run_id, created_utc=_now(), mode=mode,
                             integration_version=version, git_sha=sha, image_digests=digests,
                             mongo_version=info.version, feature_compatibility_version=info.feature_compatibility_version,
-                            counts=counts, target=store.uri)
+                            counts=counts, target=store.uri, host_id=store.host_id)
         encryption = getattr(store, "server_side_encryption", None)
         log(f"dumping MongoDB {info.version} into {store.uri}/{backup_id}")
         r = dump_mongo_to_store(container.id, store, f"{backup_id}/{MONGO_OBJECT}", progress)
-        manifest.objects.append(BackupObject(r.key, "mongo", "mender-mongo", r.size, r.sha256, "gzip", encryption))
+        manifest.objects.append(BackupObject(r.key, "mongo", "mender-mongo", r.size, r.sha256, "gzip", encryption,
+                                             r.version_id))
         for volume in volumes:
             log(f"archiving volume {volume}")
             r = stream_volume_to_store(client, image, volume, store, f"{backup_id}/volumes/{volume}.tar", progress)
-            manifest.objects.append(BackupObject(r.key, "volume", volume, r.size, r.sha256, "none", encryption))
-    store.put_bytes(manifest.key, manifest.to_json())
+            manifest.objects.append(BackupObject(r.key, "volume", volume, r.size, r.sha256, "none", encryption,
+                                                 r.version_id))
+    store.put_bytes(manifest.key, manifest.to_json(store.signing_key))
     return manifest
+
+
+def backed_up_volumes(client: docker.DockerClient, integration: Path, project: str = PROJECT) -> InstallationVolumes:
+    """The installation's data volumes (what its services mount, and prod.yml's external ones)."""
+    declared = external_volumes((integration / "production" / "config" / "prod.yml").read_text())
+    return installation_volumes(client, project, mongo_mod.MONGO_SERVICE, declared)
 
 
 def verify_backup(store: BackupStore, manifest: Manifest, progress: Progress | None = None) -> Manifest:
     """Read every object back, recompute SHA-256; mark the manifest verified only if all match."""
     for obj in manifest.objects:
-        size, sha = sha256_of_chunks(store.read_chunks(obj.key), progress)
+        size, sha = sha256_of_chunks(store.read_chunks(obj.key, obj.version_id), progress)
         if (size, sha) != (obj.size, obj.sha256):
             raise ChecksumMismatch(f"{store.uri}/{obj.key} reads back as {size} bytes sha256 {sha[:12]}…, "
                                    f"written as {obj.size} bytes sha256 {obj.sha256[:12]}…",
                                    "the backup is not usable; check the target's health and run a new backup")
     manifest.verified_utc = _now()
-    store.put_bytes(manifest.key, manifest.to_json())
+    store.put_bytes(manifest.key, manifest.to_json(store.signing_key))
     return manifest
 
 
-def list_backups(store: BackupStore) -> list[Manifest]:
-    """Every backup's manifest in the target, oldest first."""
-    manifests = [Manifest.from_json(store.get_bytes(k)) for k in store.list_keys("")
-                 if k.endswith("/" + MANIFEST) and k.count("/") == 1]
+def read_manifest(store: BackupStore, key: str, allow_unsigned: bool = False) -> Manifest:
+    """A manifest of `store`, checked (see `Manifest.from_json`)."""
+    return Manifest.from_json(store.get_bytes(key), store.signing_key, allow_unsigned, where=f"{store.uri}/{key}")
+
+
+def list_backups(store: BackupStore, log: Callable[[str], None] | None = None) -> list[Manifest]:
+    """Every trusted backup manifest of this host's namespace, oldest first. Untrusted ones
+    (unsigned, forged, malformed) are left alone: never chosen, never pruned."""
+    manifests = []
+    for key in store.list_keys(""):
+        if not (key.endswith("/" + MANIFEST) and key.count("/") == 1):
+            continue
+        try:
+            manifests.append(read_manifest(store, key))
+        except ManifestUntrusted as exc:
+            if log:
+                log(f"ignored {store.uri}/{key}: {exc.message}")
     return sorted(manifests, key=lambda m: m.backup_id)
 
 
@@ -224,14 +357,34 @@ def newest_verified_backup(store: BackupStore) -> Manifest:
     return verified[-1]
 
 
+def mark_in_use(store: BackupStore, run_id: str, backup_id: str) -> None:
+    """Record that run `run_id` may roll back with `backup_id`: pruning keeps it."""
+    store.put_bytes(f"{IN_USE}/{run_id}", backup_id.encode())
+
+
+def in_use(store: BackupStore) -> dict[str, str]:
+    """run id -> backup id of every in-use mark of this host."""
+    return {key.split("/", 1)[1]: store.get_bytes(key).decode(errors="replace").strip()
+            for key in store.list_keys(IN_USE + "/")}
+
+
+def clear_in_use(store: BackupStore) -> list[str]:
+    """Drop the in-use marks of earlier runs; only with the host's upgrade lock held (no other
+    run of this host is alive then)."""
+    marks = store.list_keys(IN_USE + "/")
+    store.delete_keys(marks)
+    return marks
+
+
 def prune_backups(store: BackupStore, keep_last: int) -> list[str]:
-    """Delete all but the newest `keep_last` verified backups (and unverified ones older than
-    the newest verified); the newest verified backup is never deleted."""
+    """Delete all but the newest `keep_last` verified backups of this host (and unverified
+    ones older than the newest verified); the newest verified backup and every backup a run
+    marked in use are never deleted."""
     backups = list_backups(store)
     verified = [m for m in backups if m.verified]
     if not verified:
         return []
-    keep = {m.backup_id for m in verified[-max(keep_last, 1):]}
+    keep = {m.backup_id for m in verified[-max(keep_last, 1):]} | set(in_use(store).values())
     newest = verified[-1].backup_id
     doomed = [m.backup_id for m in backups if m.backup_id not in keep and m.backup_id < newest]
     for backup_id in doomed:
@@ -241,18 +394,27 @@ def prune_backups(store: BackupStore, keep_last: int) -> list[str]:
 
 def ensure_verified_backup(client: docker.DockerClient, integration: Path, store: BackupStore, *,
                            run_id: str | None = None, mode: str = "quiesce", keep_last: int = 5,
-                           writers: list[str] | None = None, project: str = PROJECT,
+                           writers: list[str] | None = None, project: str = PROJECT, holds_lock: bool = False,
                            log: Callable[[str], None] = print, progress: Progress | None = None) -> Manifest:
-    """Give me a verified backup or raise: probe, back up, verify, then prune old ones."""
+    """Give me a verified backup or raise: probe, back up, verify, then prune old ones.
+
+    Only this host's namespace of the target is touched. With `holds_lock` (the host's upgrade
+    lock: no other run of this host is alive) the leftovers of killed runs are cleared first and
+    the new backup is marked in use by `run_id`, so no later prune removes it while it may be needed."""
     store.probe()  # fails before anything is stopped when the target is unreachable or denies us
-    for key in store.abort_stale_uploads():
-        log(f"removed an unfinished upload of {key} (left by a run that was killed)")
-    for name in remove_stale_helpers(client):
-        log(f"removed the volume helper container {name} (left by a run that was killed)")
-    manifest = create_backup(client, integration, store, run_id or uuid.uuid4().hex, mode=mode,
+    if holds_lock:
+        for key in store.abort_stale_uploads():
+            log(f"removed an unfinished upload of {key} (left by a run that was killed)")
+        for name in remove_stale_helpers(client):
+            log(f"removed the volume helper container {name} (left by a run that was killed)")
+        clear_in_use(store)
+    run_id = run_id or uuid.uuid4().hex
+    manifest = create_backup(client, integration, store, run_id, mode=mode,
                              writers=writers, project=project, log=log, progress=progress)
     manifest = verify_backup(store, manifest, progress)
     log(f"backup {manifest.backup_id} verified ({len(manifest.objects)} objects)")
+    if holds_lock:
+        mark_in_use(store, run_id, manifest.backup_id)
     for pruned in prune_backups(store, keep_last):
         log(f"pruned old backup {pruned}")
     return manifest

@@ -39,3 +39,34 @@ def retry_on_transient(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
+
+
+class DockerUnavailable(TransientError):
+    """The Docker engine did not answer or refused a call (e.g. while dockerd restarts)."""
+
+
+class MongoFailed(UpgradeError):
+    """A MongoDB call failed (connection lost, command refused)."""
+
+
+def typed_outside_errors(function):
+    """At the adapter (the task wrappers): failures of the Docker SDK and pymongo become typed
+    errors with a hint, so the flow and the report never see a bare library exception."""
+    import functools
+
+    import docker.errors
+    import requests
+    from pymongo.errors import PyMongoError
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (requests.ConnectionError, requests.Timeout, docker.errors.DockerException) as exc:
+            raise DockerUnavailable(f"the Docker engine failed during {function.__name__}: "
+                                    f"{exc.__class__.__name__}: {exc}",
+                                    "check `systemctl status docker` and the dockerd log") from exc
+        except PyMongoError as exc:
+            raise MongoFailed(f"MongoDB failed during {function.__name__}: {exc.__class__.__name__}: {exc}",
+                              "check that mender-mongo runs; see its log") from exc
+    return wrapper

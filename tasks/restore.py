@@ -1,8 +1,11 @@
 """Restore a verified backup into production, or into throw-away containers (the drill).
 
-Both read the objects straight from the target; each object's SHA-256 is recomputed on the
-way and must equal the manifest's, and volume archives are checked entry by entry (no
-absolute paths, no `..`) before anything is overwritten.
+Before anything is stopped, every object is pinned (its S3 version, or an open file / a private
+local copy) and checked: its SHA-256 must equal the (signed) manifest's and every volume archive
+entry must be safe (no absolute paths, `..`, devices or FIFOs, no link leaving the volume). What
+is then applied is that very pinned object, hashed once more on the way. Volume names must be
+data volumes of this installation; mongod's data volume is never touched (mongorestore restores
+the database).
 """
 
 from __future__ import annotations
@@ -10,18 +13,22 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import docker
 
 from tasks import mongo as mongo_mod
-from tasks.backup import BackupObject, Manifest
+from tasks.backup import BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
 from tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, Progress
-from tasks.volumes import HELPER_LABEL, MOUNT_ROOT, IterStream, digest_tar, helper_container, restore_volume
+from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, digest_tar, helper_container,
+                           restore_volume)
+
+Chunks = Callable[[], Iterator[bytes]]
 
 DRILL_LABEL = "org.mender-upgrade.drill"
 
@@ -33,9 +40,9 @@ class RestoreFailed(UpgradeError):
 class _HashingChunks:
     """Chunks of an object, hashed as they pass; `check()` compares with the manifest."""
 
-    def __init__(self, store: BackupStore, obj: BackupObject, progress: Progress | None) -> None:
+    def __init__(self, chunks: Iterator[bytes], obj: BackupObject, progress: Progress | None) -> None:
         self.obj, self.sha, self.size = obj, hashlib.sha256(), 0
-        self._chunks = store.read_chunks(obj.key)
+        self._chunks = chunks
         self._progress = progress
 
     def __iter__(self):
@@ -52,29 +59,48 @@ class _HashingChunks:
                                    f"({self.size} bytes vs {self.obj.size})", "this backup cannot be restored")
 
 
-def check_archives(store: BackupStore, manifest: Manifest, progress: Progress | None = None) -> None:
-    """Before overwriting anything: every object matches its checksum, every tar is safe."""
+def require_this_host(manifest: Manifest, host_id: str, allow_other_host: bool = False) -> None:
+    """A backup of another host is restored only when the operator asks for it explicitly."""
+    if manifest.host_id != host_id and not allow_other_host:
+        raise OtherHostsBackup(f"backup {manifest.backup_id} was made on host {manifest.host_id or '(unnamed)'!r}, "
+                               f"this is {host_id!r}", "restore a backup of this host, or pass --other-host if "
+                               "you mean to move that host's data here; nothing was changed")
+
+
+@contextmanager
+def pinned_objects(store: BackupStore, manifest: Manifest, progress: Progress | None = None) -> Iterator[dict[str, Chunks]]:
+    """Pin every object of `manifest` and check it (checksum, safe archive) before anything is
+    changed; yields key -> chunks of that very pinned object."""
     if not manifest.verified:
         raise RestoreFailed(f"backup {manifest.backup_id} was never verified", "restore a verified backup")
-    for obj in manifest.objects:
-        chunks = _HashingChunks(store, obj, progress)
-        if obj.kind == "volume":
-            digest_tar(IterStream(iter(chunks)), volume=obj.name)
-        else:
-            for _ in chunks:
-                pass
-        chunks.check()
+    with ExitStack() as stack:
+        pins = {obj.key: stack.enter_context(store.pinned(obj.key, obj.version_id)) for obj in manifest.objects}
+        for obj in manifest.objects:
+            chunks = _HashingChunks(pins[obj.key](), obj, progress)
+            if obj.kind == "volume":
+                digest_tar(IterStream(iter(chunks)), volume=obj.name)
+            else:
+                for _ in chunks:
+                    pass
+            chunks.check()
+        yield pins
 
 
-def mongorestore_from_store(container_id: str, store: BackupStore, obj: BackupObject,
+def check_archives(store: BackupStore, manifest: Manifest, progress: Progress | None = None) -> None:
+    """Every object matches its checksum, every tar is safe (a check on its own)."""
+    with pinned_objects(store, manifest, progress):
+        pass
+
+
+def mongorestore_from_store(container_id: str, chunks: Iterator[bytes], obj: BackupObject,
                             progress: Progress | None = None) -> None:
     """Feed the archive object into `mongorestore --archive --gzip --drop` in the container."""
     proc = subprocess.Popen(["docker", "exec", "-i", container_id, "mongorestore", "--archive", "--gzip",
                              "--drop", "--quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    chunks = _HashingChunks(store, obj, progress)
+    hashing = _HashingChunks(chunks, obj, progress)
     try:
-        for chunk in chunks:
+        for chunk in hashing:
             proc.stdin.write(chunk)
         proc.stdin.close()
     except BrokenPipeError:
@@ -83,15 +109,31 @@ def mongorestore_from_store(container_id: str, store: BackupStore, obj: BackupOb
     if proc.wait() != 0:
         raise RestoreFailed(f"mongorestore exited {proc.returncode}: {stderr.strip()[-400:]}",
                             "the database may be partly restored; run the restore again")
-    chunks.check()
+    hashing.check()
 
 
-def restore_volume_object(client: docker.DockerClient, image: str, store: BackupStore, obj: BackupObject,
+def restore_volume_object(client: docker.DockerClient, image: str, chunks: Iterator[bytes], obj: BackupObject,
                           volume: str | None = None, progress: Progress | None = None) -> None:
-    chunks = _HashingChunks(store, obj, progress)
-    with IterStream(iter(chunks)) as stream:
+    hashing = _HashingChunks(chunks, obj, progress)
+    with IterStream(iter(hashing)) as stream:
         restore_volume(client, image, volume or obj.name, stream, archive_root=obj.name)
-    chunks.check()
+    hashing.check()
+
+
+def volumes_to_restore(manifest: Manifest, volumes: InstallationVolumes,
+                       log: Callable[[str], None]) -> list[BackupObject]:
+    """The manifest's volume objects to restore: each a data volume of this installation
+    (else refused); mongod's data volume is skipped (mongorestore restores the database)."""
+    chosen = []
+    for obj in manifest.objects:
+        if obj.kind != "volume":
+            continue
+        if obj.name in volumes.mongo_data:
+            log(f"skipping volume {obj.name}: it is mongod's data directory; the database is restored by mongorestore")
+            continue
+        volumes.require_restorable(obj.name)
+        chosen.append(obj)
+    return chosen
 
 
 def compare_counts(expected: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]) -> list[str]:
@@ -124,29 +166,36 @@ def drop_newer_than_backup(client, counts: dict[str, dict[str, int]]) -> list[st
 
 
 def restore_backup(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest, *,
+                   host_id: str, allow_other_host: bool = False,
                    project: str = PROJECT, health_timeout: float = 300, stability_window: float = 5,
-                   log: Callable[[str], None] = print, progress: Progress | None = None) -> None:
-    """Put production back to the backup: database, volumes, then services healthy again."""
-    log(f"checking backup {manifest.backup_id} before touching anything")
-    check_archives(store, manifest)
-    mongo = mongo_mod.mongo_container(client, project)
-    image = mongo.attrs["Config"]["Image"]
-    others = [s for s in running_services(client, integration, project) if s != mongo_mod.MONGO_SERVICE]
-    log(f"stopping {', '.join(others)}")
-    run_compose(integration, ["stop", *others])
-    try:
-        with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
-            for name in drop_newer_than_backup(m, manifest.counts):
-                log(f"dropped {name}: created after the backup")
-        for obj in manifest.objects:
-            log(f"restoring {obj.kind} {obj.name}")
-            if obj.kind == "mongo":
-                mongorestore_from_store(mongo.id, store, obj, progress)
-            else:
-                restore_volume_object(client, image, store, obj, progress=progress)
-    finally:
-        log("starting the services again")
-        run_compose(integration, ["start", *others])
+                   log: Callable[[str], None] = print, progress: Progress | None = None,
+                   pins: dict[str, Chunks] | None = None) -> None:
+    """Put production back to the backup: database, volumes, then services healthy again.
+    `pins`: the objects as already pinned and checked by the caller (`pinned_objects`)."""
+    require_this_host(manifest, host_id, allow_other_host)
+    volume_objects = volumes_to_restore(manifest, backed_up_volumes(client, integration, project), log)
+    with ExitStack() as stack:
+        if pins is None:
+            log(f"checking backup {manifest.backup_id} before touching anything")
+            pins = stack.enter_context(pinned_objects(store, manifest))
+        mongo = mongo_mod.mongo_container(client, project)
+        image = mongo.attrs["Config"]["Image"]
+        others = [s for s in running_services(client, integration, project) if s != mongo_mod.MONGO_SERVICE]
+        log(f"stopping {', '.join(others)}")
+        run_compose(integration, ["stop", *others])
+        try:
+            with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
+                for name in drop_newer_than_backup(m, manifest.counts):
+                    log(f"dropped {name}: created after the backup")
+            for obj in [o for o in manifest.objects if o.kind == "mongo"] + volume_objects:
+                log(f"restoring {obj.kind} {obj.name}")
+                if obj.kind == "mongo":
+                    mongorestore_from_store(mongo.id, pins[obj.key](), obj, progress)
+                else:
+                    restore_volume_object(client, image, pins[obj.key](), obj, progress=progress)
+        finally:
+            log("starting the services again")
+            run_compose(integration, ["start", *others])
     with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
         diffs = compare_counts(manifest.counts, mongo_mod.collection_counts(m))
     if diffs:
@@ -169,10 +218,16 @@ class DrillReport:
         return not self.differences
 
 
-def restore_drill(client: docker.DockerClient, store: BackupStore, manifest: Manifest, image: str,
-                  log: Callable[[str], None] = print) -> DrillReport:
+def restore_drill(client: docker.DockerClient, store: BackupStore, manifest: Manifest, image: str, *,
+                  host_id: str, allow_other_host: bool = False, log: Callable[[str], None] = print) -> DrillReport:
     """Restore into a throw-away mongo container and scratch volumes; production is untouched."""
-    check_archives(store, manifest)
+    require_this_host(manifest, host_id, allow_other_host)
+    with pinned_objects(store, manifest) as pins:
+        return _drill(client, pins, manifest, image, log)
+
+
+def _drill(client: docker.DockerClient, pins: dict[str, Chunks], manifest: Manifest, image: str,
+           log: Callable[[str], None]) -> DrillReport:
     tag = uuid.uuid4().hex[:8]
     report = DrillReport(manifest.backup_id, 0, 0)
     scratch = {o.name: f"mender-upgrade-drill-{tag}-{o.name}" for o in manifest.objects if o.kind == "volume"}
@@ -187,15 +242,15 @@ def restore_drill(client: docker.DockerClient, store: BackupStore, manifest: Man
         for obj in manifest.objects:
             if obj.kind == "mongo":
                 log("drill: restoring the database into a throw-away container")
-                mongorestore_from_store(container.id, store, obj)
+                mongorestore_from_store(container.id, pins[obj.key](), obj)
                 with mongo_mod.connect(f"mongodb://{address}:27017/") as m:
                     actual = mongo_mod.collection_counts(m)
                 report.collections_checked = sum(len(c) for c in manifest.counts.values())
                 report.differences += compare_counts(manifest.counts, actual)
             else:
                 log(f"drill: restoring volume {obj.name} into {scratch[obj.name]}")
-                restore_volume_object(client, image, store, obj, volume=scratch[obj.name])
-                expected = digest_tar(IterStream(store.read_chunks(obj.key)))
+                restore_volume_object(client, image, pins[obj.key](), obj, volume=scratch[obj.name])
+                expected = digest_tar(IterStream(pins[obj.key]()), volume=obj.name)
                 restored = _digest_volume(client, image, scratch[obj.name], obj.name)
                 report.files_checked += len(expected.files)
                 for path in sorted(set(expected.files) | set(restored.files)):

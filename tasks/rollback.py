@@ -14,7 +14,7 @@ from tasks import repository
 from tasks.backup import Manifest
 from tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
 from tasks.errors import UpgradeError
-from tasks.restore import restore_backup
+from tasks.restore import pinned_objects, restore_backup
 from tasks.store import BackupStore
 
 
@@ -40,16 +40,18 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
     try:
         wait_for_engine(client)  # the failure may have been the engine itself restarting
         failed_tag = mark_failed_attempt(integration, pre_upgrade_tag)
-        log("stopping the new version")
-        run_compose(integration, ["stop"])
-        run_compose(integration, ["rm", "-f"])
-        log(f"resetting the production branch to {pre_upgrade_ref}")
-        reset_branch(integration, pre_upgrade_tag)
-        log("starting the old version")
-        run_compose(integration, ["up", "-d", "--remove-orphans"])
-        mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
-        restore_backup(client, integration, store, manifest, project=project, health_timeout=health_timeout,
-                       stability_window=stability_window, log=log)
+        log(f"checking backup {manifest.backup_id} before stopping the new version")
+        with pinned_objects(store, manifest) as pins:  # a backup that cannot be restored stops us here
+            log("stopping the new version")
+            run_compose(integration, ["stop"])
+            run_compose(integration, ["rm", "-f"])
+            log(f"resetting the production branch to {pre_upgrade_ref}")
+            reset_branch(integration, pre_upgrade_tag)
+            log("starting the old version")
+            run_compose(integration, ["up", "-d", "--remove-orphans"])
+            mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
+            restore_backup(client, integration, store, manifest, host_id=store.host_id, project=project,
+                           health_timeout=health_timeout, stability_window=stability_window, log=log, pins=pins)
         services = compose_services(integration)
         wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window,
                            smoke=smoke)

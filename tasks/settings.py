@@ -6,6 +6,7 @@ Secrets are `SecretStr`: they print as '**********' in logs, reprs and the UI.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from tasks.backup import load_signing_key
 from tasks.errors import UpgradeError
 from tasks.repository import REMOTE_NAME_PATTERN
 from tasks.store import BackupStore, LocalStore, S3Store, parse_target, s3_client
@@ -21,6 +23,11 @@ VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
 # A host id given to look up another host's runs: never starting with '-' or '.', so it cannot
 # pass for an option or a relative name anywhere it ends up.
 HOST_REF_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
+
+
+def tool_home() -> Path:
+    """The tool's own folder on this machine (Prefect home, manifest signing key)."""
+    return Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade"))
 
 
 class ConfigInvalid(UpgradeError):
@@ -45,9 +52,16 @@ class BackupSettings(BaseModel):
     aws_profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
     secret_block: str | None = Field(None, description="name of a Prefect Secret block holding the S3 secret key")
     object_lock_days: int | None = Field(None, ge=1, le=3650,
-                                         description="S3 Object Lock (GOVERNANCE) retention for every backup object")
-    immutable: bool = Field(False, description="refuse an S3 bucket without versioning and Object Lock, "
-                            "so no one (not even a leaked key) can delete a backup early")
+                                         description="S3 Object Lock retention (days) for every backup object")
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        "GOVERNANCE", description="Object Lock mode: COMPLIANCE cannot be shortened or lifted by anyone, "
+        "GOVERNANCE by accounts with the bypass permission")
+    immutable: bool = Field(False, description="refuse an S3 bucket without versioning, Object Lock and a "
+                            "retention period (object_lock_days or the bucket's default), so no one (not even "
+                            "a leaked key) can delete a backup early")
+    signing_key_file: Path | None = Field(
+        None, description="file holding the key that signs backup manifests (HMAC-SHA256); keep it off the "
+        "backup target. Empty: ~/.mender-upgrade/backup-signing.key (or $MENDER_UPGRADE_HOME), created 0600 on first use")
     server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
         None, description="ask S3 to encrypt objects at rest")
     mode: BackupMode = Field(BackupMode.quiesce, description="quiesce stops the API services while backing up; hot stops nothing")
@@ -69,19 +83,29 @@ class BackupSettings(BaseModel):
             raise ValueError("backup.immutable needs an s3:// target (a local folder cannot be made immutable)")
         return self
 
-    def open_store(self) -> BackupStore:
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or tool_home() / "backup-signing.key"
+
+    def open_store(self, host_id: str = "") -> BackupStore:
+        """The target, or with `host_id` that host's namespace `<target>/<host_id>/` with the
+        manifest signing key loaded (what backups, restores and prunes use)."""
         scheme, where, prefix = parse_target(self.target)
+        if host_id and not re.match(HOST_REF_PATTERN, host_id):
+            raise ConfigInvalid(f"host id {host_id!r} cannot name a backup folder", f"set host_id to match {HOST_REF_PATTERN}")
+        key = load_signing_key(self.signing_key_path()) if host_id else b""
         if scheme == "file":
-            return LocalStore(Path(where))
+            return LocalStore(Path(where) / host_id if host_id else Path(where), host_id=host_id, signing_key=key)
         secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
         if self.secret_block and not secret:
             from prefect.blocks.system import Secret  # only where the block is used
             secret = Secret.load(self.secret_block).get()
         client = s3_client(self.endpoint_url, self.region, self.access_key_id, secret,
                            self.path_style, self.aws_profile)
-        return S3Store(bucket=where, prefix=prefix, client=client, endpoint=self.endpoint_url or "AWS S3",
-                       server_side_encryption=self.server_side_encryption,
-                       object_lock_days=self.object_lock_days, immutable=self.immutable, part_size=self.part_size_mib * 1024 * 1024)
+        return S3Store(bucket=where, prefix=f"{prefix}/{host_id}" if host_id else prefix, client=client,
+                       endpoint=self.endpoint_url or "AWS S3", server_side_encryption=self.server_side_encryption,
+                       object_lock_days=self.object_lock_days, object_lock_mode=self.object_lock_mode,
+                       immutable=self.immutable, part_size=self.part_size_mib * 1024 * 1024,
+                       host_id=host_id, signing_key=key)
 
 
 class UpgradeSettings(BaseModel):
@@ -111,6 +135,10 @@ class UpgradeSettings(BaseModel):
     def host(self) -> str:
         import socket
         return self.host_id or socket.gethostname()
+
+    def backup_store(self) -> BackupStore:
+        """This host's namespace of the backup target."""
+        return self.backup.open_store(self.host())
 
 
 def _describe(error: dict) -> str:

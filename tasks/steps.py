@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from tasks import backup, containers, mongo, mongo_upgrade, preflight, repository, rollback
-from tasks.errors import retry_on_transient
+from tasks.errors import retry_on_transient, typed_outside_errors
 from tasks.settings import UpgradeSettings
 
 TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
@@ -38,6 +38,7 @@ def _docker(wait_s: float = 0) -> docker.DockerClient:
 
 
 @task(name="plan-upgrade", **TRANSIENT)
+@typed_outside_errors
 def plan_task(settings: UpgradeSettings):
     repo = repository.open_integration(settings.integration_dir)
     repository.check_preconditions(repo)
@@ -49,6 +50,7 @@ def plan_task(settings: UpgradeSettings):
 
 
 @task(name="review-hops", **ONCE)
+@typed_outside_errors
 def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[dict]:
     repo = repository.open_integration(settings.integration_dir)
     reviews, old = [], current
@@ -59,6 +61,7 @@ def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> lis
 
 
 @task(name="dry-run-hops", **ONCE)
+@typed_outside_errors
 def dry_run_task(settings: UpgradeSettings, hops: list[str]) -> None:
     """Every hop's merge, configuration update and `./run config -q` in a throw-away worktree,
     so a conflict or a broken prod.yml refuses the run before anything changes."""
@@ -67,8 +70,9 @@ def dry_run_task(settings: UpgradeSettings, hops: list[str]) -> None:
 
 
 @task(name="preflight", **TRANSIENT)
+@typed_outside_errors
 def preflight_task(settings: UpgradeSettings, plan) -> list[preflight.Check]:
-    checks = preflight.run_preflight(_docker(), settings.integration_dir, settings.backup.open_store(), plan,
+    checks = preflight.run_preflight(_docker(), settings.integration_dir, settings.backup_store(), plan,
                                      settings.compose_project)
     create_table_artifact(key="upgrade-preflight", table=[c.__dict__ for c in checks],
                           description="pre-flight checks")
@@ -92,13 +96,14 @@ def _progress_callback(title: str):
 
 
 @task(name="backup", **TRANSIENT)
+@typed_outside_errors
 def backup_task(settings: UpgradeSettings, run_id: str) -> backup.Manifest:
     logger = get_run_logger()
     progress, artifact_id = _progress_callback("backup")
     manifest = backup.ensure_verified_backup(
-        _docker(), settings.integration_dir, settings.backup.open_store(), run_id=run_id,
+        _docker(), settings.integration_dir, settings.backup_store(), run_id=run_id,
         mode=settings.backup.mode.value, keep_last=settings.backup.keep_last, writers=settings.writer_services,
-        project=settings.compose_project, log=logger.info, progress=progress)
+        project=settings.compose_project, holds_lock=True, log=logger.info, progress=progress)
     update_progress_artifact(artifact_id, progress=100.0, description=f"backup {manifest.backup_id} verified")
     create_table_artifact(key="upgrade-backup", description=f"verified backup {manifest.target}/{manifest.key}",
                           table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
@@ -106,11 +111,13 @@ def backup_task(settings: UpgradeSettings, run_id: str) -> backup.Manifest:
 
 
 @task(name="mongo-url", **TRANSIENT)
+@typed_outside_errors
 def mongo_url_task(settings: UpgradeSettings) -> str:
     return mongo.mongo_url(_docker(), settings.compose_project)
 
 
 @task(name="repository-hop", **ONCE)
+@typed_outside_errors
 def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopResult:
     result = repository.upgrade_hop(repository.open_integration(settings.integration_dir), old, new)
     logger = get_run_logger()
@@ -121,11 +128,13 @@ def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopRes
 
 
 @task(name="pull-images", **TRANSIENT)
+@typed_outside_errors
 def pull_task(settings: UpgradeSettings) -> None:
     containers.pull_images(settings.integration_dir)
 
 
 @task(name="check-mongo-hop", **TRANSIENT)
+@typed_outside_errors
 def mongo_hop_check_task(settings: UpgradeSettings, old: str, new: str) -> None:
     with mongo.connect(mongo.mongo_url(_docker(), settings.compose_project)) as client:
         fcv = mongo.server_info(client).feature_compatibility_version
@@ -133,6 +142,7 @@ def mongo_hop_check_task(settings: UpgradeSettings, old: str, new: str) -> None:
 
 
 @task(name="cycle-containers", **ONCE)
+@typed_outside_errors
 def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
     logger = get_run_logger()
     report = containers.cycle_containers(_docker(), settings.integration_dir, project=settings.compose_project,
@@ -148,12 +158,14 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
 
 
 @task(name="finish-mongo-hop", **TRANSIENT)
+@typed_outside_errors
 def mongo_hop_finish_task(settings: UpgradeSettings, new: str) -> str:
     with mongo.connect(mongo.mongo_url(_docker(), settings.compose_project)) as client:
         return mongo_upgrade.finish_mongo_hop(client, new)
 
 
 @task(name="ensure-running", **TRANSIENT)
+@typed_outside_errors
 def ensure_running_task(settings: UpgradeSettings) -> list[str]:
     logger = get_run_logger()
     started = containers.ensure_running(_docker(wait_s=120), settings.integration_dir, project=settings.compose_project,
@@ -165,9 +177,10 @@ def ensure_running_task(settings: UpgradeSettings) -> list[str]:
 
 
 @task(name="rollback", **ONCE)
+@typed_outside_errors
 def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgrade_tag: str) -> rollback.RollbackReport:
     logger = get_run_logger()
-    return rollback.roll_back(_docker(wait_s=120), settings.integration_dir, settings.backup.open_store(), manifest,
+    return rollback.roll_back(_docker(wait_s=120), settings.integration_dir, settings.backup_store(), manifest,
                               pre_upgrade_tag, project=settings.compose_project,
                               health_timeout=settings.health_timeout_s,
                               stability_window=min(settings.stability_window_s, 10), smoke=settings.gateway_smoke,

@@ -11,11 +11,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Protocol
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, ContextManager, Iterator, Protocol
 from urllib.parse import urlparse
 
 import boto3
@@ -51,13 +55,21 @@ class ObjectReceipt:
     key: str
     size: int
     sha256: str
+    version_id: str | None = None  # the S3 version written (versioned buckets): what restores read
+
+
+class TargetRefused(UpgradeError):
+    """The backup target is not acceptable (no prefix, a symlink, unsafe permissions)."""
 
 
 class BackupStore(Protocol):
     uri: str
+    host_id: str          # the namespace `<target>/<host_id>/` this store reads and writes ("" = the target root)
+    signing_key: bytes    # HMAC key of manifests; kept outside the backups
 
     def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt: ...
-    def read_chunks(self, key: str) -> Iterator[bytes]: ...
+    def read_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]: ...
+    def pinned(self, key: str, version_id: str | None) -> "ContextManager[Callable[[], Iterator[bytes]]]": ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def list_keys(self, prefix: str) -> list[str]: ...
@@ -100,9 +112,12 @@ class S3Store:
     endpoint: str
     server_side_encryption: str | None = None
     object_lock_days: int | None = None
+    object_lock_mode: str = "GOVERNANCE"  # or COMPLIANCE: not even the root account can shorten it
     part_size: int = 8 * 1024 * 1024
     max_parts_in_flight: int = 3
     immutable: bool = False  # refuse a bucket where backups could be deleted or overwritten early
+    host_id: str = ""
+    signing_key: bytes = b""
 
     @property
     def uri(self) -> str:
@@ -128,8 +143,7 @@ class S3Store:
     def _extra(self) -> dict:
         extra: dict = {"ServerSideEncryption": self.server_side_encryption} if self.server_side_encryption else {}
         if self.object_lock_days:
-            from datetime import datetime, timedelta, timezone
-            extra |= {"ObjectLockMode": "GOVERNANCE",
+            extra |= {"ObjectLockMode": self.object_lock_mode,
                       "ObjectLockRetainUntilDate": datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)}
         return extra
 
@@ -180,14 +194,14 @@ class S3Store:
                         future.cancel()
                     raise
             parts.sort(key=lambda part: part["PartNumber"])
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                                  MultipartUpload={"Parts": parts})
+            done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
         except BaseException as exc:
             self._abort(full, upload_id)
             if isinstance(exc, (BotoCoreError, ClientError)):
                 raise self._translate(exc, f"upload {full}") from exc
             raise
-        return ObjectReceipt(key=key, size=size, sha256=digest.hexdigest())
+        return ObjectReceipt(key=key, size=size, sha256=digest.hexdigest(), version_id=_version(done))
 
     def _abort(self, full: str, upload_id: str, delays: tuple[float, ...] = (0, 1, 2, 4, 8)) -> bool:
         """Abort a failed multipart upload, waiting out a short outage so no parts are orphaned."""
@@ -203,19 +217,35 @@ class S3Store:
                 continue
         return False  # still unreachable: a lifecycle rule on the bucket must expire the parts
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
+    def read_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            version = {"VersionId": version_id} if version_id else {}
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **version)["Body"]
             yield from body.iter_chunks(READ_CHUNK)
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, f"read {self._key(key)}") from exc
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    @contextmanager
+    def pinned(self, key: str, version_id: str | None):
+        """Chunks of one fixed version of `key`, readable as often as needed: the S3 version
+        when the bucket keeps versions, else a private local copy (a later upload to the same
+        key cannot change what was checked and is then applied)."""
+        if version_id:
+            yield lambda: self.read_chunks(key, version_id)
+            return
+        with tempfile.TemporaryFile(prefix="mender-upgrade-") as copy:  # 0600, unlinked at once
+            for chunk in self.read_chunks(key):
+                copy.write(chunk)
+            copy.flush()
+            yield lambda: _file_chunks(copy.fileno())
+
+    def put_bytes(self, key: str, data: bytes) -> str | None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                   ChecksumAlgorithm="SHA256", **self._extra())
+            out = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                         ChecksumAlgorithm="SHA256", **self._extra())
         except (BotoCoreError, ClientError) as exc:
             raise self._translate(exc, f"write {self._key(key)}") from exc
+        return _version(out)
 
     def get_bytes(self, key: str) -> bytes:
         return b"".join(self.read_chunks(key))
@@ -238,9 +268,10 @@ class S3Store:
                 raise self._translate(exc, "delete old backups") from exc
 
     def pending_uploads(self) -> list[str]:
-        """Keys of multipart uploads started and neither completed nor aborted."""
-        out = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(""))
-        return [u["Key"] for u in out.get("Uploads", [])]
+        """Keys (under this store's prefix) of multipart uploads neither completed nor aborted."""
+        base = self._key("")
+        out = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=base)
+        return [u["Key"][len(base):] for u in out.get("Uploads", [])]
 
     def abort_stale_uploads(self) -> list[str]:
         """Abort multipart uploads a killed run left under this prefix (their parts cost storage
@@ -272,6 +303,18 @@ class S3Store:
                 f"Object Lock: {lock}) and backup.immutable is set",
                 "use a bucket created with Object Lock (it turns versioning on), or set backup.immutable "
                 "to false; nothing was changed")
+        if not self.object_lock_days and not self._default_retention():
+            raise BucketNotImmutable(
+                f"bucket {self.bucket!r} at {self.endpoint} has Object Lock but no default retention, and "
+                "backup.object_lock_days is not set: backups could still be deleted at once",
+                "set backup.object_lock_days (e.g. 30) or a default retention on the bucket; nothing was changed")
+
+    def _default_retention(self) -> dict | None:
+        try:
+            config = self.client.get_object_lock_configuration(Bucket=self.bucket)["ObjectLockConfiguration"]
+        except (BotoCoreError, ClientError) as exc:
+            raise self._translate(exc, "read the bucket's Object Lock settings") from exc
+        return config.get("Rule", {}).get("DefaultRetention")
 
     def probe(self) -> None:
         """Write, read back and delete a small object: proves reachability and permissions."""
@@ -283,34 +326,93 @@ class S3Store:
         self.delete_keys([".probe"])
 
 
+def _version(response: dict) -> str | None:
+    """The VersionId S3 gave a written object; None (or "null") when the bucket keeps no versions."""
+    version = response.get("VersionId")
+    return version if version and version != "null" else None
+
+
+def _file_chunks(fd: int) -> Iterator[bytes]:
+    """Chunks of an open file from its start (positional reads: several readers may share `fd`)."""
+    offset = 0
+    while chunk := os.pread(fd, READ_CHUNK, offset):
+        offset += len(chunk)
+        yield chunk
+
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
 @dataclass
 class LocalStore:
+    """A folder only root can read (folders 0700, files 0600: backups hold every device's auth
+    data); symlinks are never followed, so nobody can point a write or a delete elsewhere."""
+
     root: Path
+    host_id: str = ""
+    signing_key: bytes = b""
 
     @property
     def uri(self) -> str:
         return f"file://{self.root}"
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        parts = PurePosixPath(key).parts
+        if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
             raise UpgradeError(f"backup key {key!r} escapes the target folder", "this is a bug; report it")
-        return path
+        return self.root.joinpath(*parts)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create `folder` (the root or below it) 0700, tightening existing ones; a symlink or a
+        file on the way is refused, never followed."""
+        os.makedirs(self.root.parent, mode=PRIVATE_DIR, exist_ok=True)
+        path = self.root
+        for part in ("", *folder.relative_to(self.root).parts):
+            path = path / part if part else path
+            try:
+                os.mkdir(path, PRIVATE_DIR)
+            except FileExistsError:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    raise TargetRefused(f"{path} in the backup target is a symlink",
+                                        "the target must hold plain folders and files only; nothing was written") from None
+                if not stat.S_ISDIR(mode):
+                    raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(path)) from None
+            if stat.S_IMODE(os.lstat(path).st_mode) != PRIVATE_DIR:
+                os.chmod(path, PRIVATE_DIR)  # mkdir's mode is reduced by the umask; old folders were 0755
 
     def abort_stale_uploads(self) -> list[str]:
-        """Remove `.partial` files a killed run left behind."""
-        stale = sorted(self.root.rglob("*.partial")) if self.root.is_dir() else []
+        """Remove `.partial` files a killed run left behind (in this host's folder only)."""
+        stale = [p for p in self._walk() if p.name.endswith(".partial")]
         for path in stale:
             path.unlink(missing_ok=True)
-        return [str(path.relative_to(self.root)) for path in stale]
+        return [path.relative_to(self.root).as_posix() for path in stale]
+
+    def _walk(self) -> list[Path]:
+        """Regular files under the root; symlinks (to files or folders) are neither listed nor followed."""
+        if not os.path.isdir(self.root) or os.path.islink(self.root):
+            return []
+        out = []
+        for folder, _, files in os.walk(self.root, followlinks=False):
+            for name in files:
+                path = Path(folder) / name
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    out.append(path)
+        return out
 
     def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(path.parent)
         partial = path.with_name(path.name + ".partial")
         digest, size = hashlib.sha256(), 0
         try:
-            with open(partial, "wb") as out:
+            # O_EXCL|O_NOFOLLOW: never write through a planted symlink or into a file someone else opened.
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+        except FileExistsError:
+            raise TargetRefused(f"{self.root}/{key}.partial already exists (another writer, or a planted file)",
+                                "remove it after checking no other run writes there; nothing was written") from None
+        try:
+            with os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(READ_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -319,7 +421,9 @@ class LocalStore:
                         progress(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
-            partial.rename(path)  # only a complete object ever carries the final name
+            if os.path.islink(path):
+                raise TargetRefused(f"{path} is a symlink", "remove it; the backup target must hold plain files")
+            os.rename(partial, path)  # only a complete object ever carries the final name
         except BaseException as exc:
             partial.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -328,31 +432,47 @@ class LocalStore:
             raise
         return ObjectReceipt(key=key, size=size, sha256=digest.hexdigest())
 
-    def read_chunks(self, key: str) -> Iterator[bytes]:
-        with open(self._path(key), "rb") as f:
-            while chunk := f.read(READ_CHUNK):
-                yield chunk
+    def _open(self, key: str) -> int:
+        try:
+            return os.open(self._path(key), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TargetRefused(f"{self.root}/{key} is a symlink", "the backup target must hold plain files") from None
+            raise
+
+    def read_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]:
+        fd = self._open(key)
+        try:
+            yield from _file_chunks(fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def pinned(self, key: str, version_id: str | None):
+        """Chunks of the file as opened now: replacing it (a rename) later changes nothing read."""
+        fd = self._open(key)
+        try:
+            yield lambda: _file_chunks(fd)
+        finally:
+            os.close(fd)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         import io
         self.upload_stream(key, io.BytesIO(data))
 
     def get_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+        return b"".join(self.read_chunks(key))
 
     def list_keys(self, prefix: str) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                      if p.is_file() and not p.name.endswith(".partial")
-                      and p.relative_to(self.root).as_posix().startswith(prefix))
+        keys = (p.relative_to(self.root).as_posix() for p in self._walk() if not p.name.endswith(".partial"))
+        return sorted(k for k in keys if k.startswith(prefix))
 
     def delete_keys(self, keys: list[str]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
 
     def probe(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(self.root)
         self.put_bytes(".probe", b"mender-upgrade probe")
         self.delete_keys([".probe"])
 
@@ -369,11 +489,23 @@ def s3_client(endpoint_url: str | None, region: str, access_key: str | None, sec
 
 
 def parse_target(uri: str) -> tuple[str, str, str]:
-    """`s3://bucket/prefix` or `file:///dir` -> (scheme, bucket-or-dir, prefix); errors name the value."""
+    """`s3://bucket/prefix` or `file:///dir` -> (scheme, bucket-or-dir, prefix); errors name the value.
+
+    A prefix (a folder) is required: the tool aborts unfinished uploads and removes partial
+    files under its target, which must never be a whole bucket or the whole filesystem."""
     parsed = urlparse(uri)
+    parts = [p for p in parsed.path.split("/") if p]
+    if ".." in parts or "." in parts:
+        raise UpgradeError(f"backup target {uri!r} contains '.' or '..'", "write the folder without them")
     if parsed.scheme == "s3" and parsed.netloc:
-        return "s3", parsed.netloc, parsed.path.strip("/")
-    if parsed.scheme == "file" and parsed.path.startswith("/"):
-        return "file", parsed.path, ""
+        if not parts:
+            raise UpgradeError(f"backup target {uri!r} names a whole bucket",
+                               "add a prefix of the tool's own: s3://bucket/mender-backups")
+        return "s3", parsed.netloc, "/".join(parts)
+    if parsed.scheme == "file" and parsed.path.startswith("/") and not parsed.netloc:
+        if not parts:
+            raise UpgradeError(f"backup target {uri!r} is the root folder",
+                               "use a folder of the tool's own, e.g. file:///var/backups/mender-upgrade")
+        return "file", "/" + "/".join(parts), ""
     raise UpgradeError(f"backup target {uri!r} is not understood",
                        "use s3://bucket/prefix or file:///absolute/folder")

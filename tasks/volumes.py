@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import posixpath
+import re
 import tarfile
 import threading
 from contextlib import contextmanager
@@ -26,8 +28,67 @@ MOUNT_ROOT = "/mender-upgrade"
 HELPER_LABEL = "org.mender-upgrade.helper"
 
 
+# Docker's rule for volume names; a name outside it (e.g. starting with "/") would be a bind mount.
+VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+ANONYMOUS = re.compile(r"^[0-9a-f]{64}$")
+MONGO_DATA_PATHS = ("/data/db", "/data/configdb")  # mongod's dbPath and the image's config volume
+
+
 class UnsafeArchive(UpgradeError):
-    """A tar to be restored holds absolute paths, `..` or links leaving the volume."""
+    """A tar to be restored holds absolute paths, `..`, links leaving the volume or special files."""
+
+
+class UnknownVolume(UpgradeError):
+    """A backup names a volume that is not a data volume of this installation."""
+
+
+@dataclass(frozen=True)
+class InstallationVolumes:
+    """The named volumes the installation's services mount, split into what is archived as
+    files and the database's data directory (only mongodump/mongorestore touch that: its files
+    change under a running mongod)."""
+
+    archived: list[str]
+    mongo_data: list[str]
+
+    def require_restorable(self, name: str) -> None:
+        if not VOLUME_NAME.match(name):
+            raise UnknownVolume(f"backup names the volume {name!r}, which is not a Docker volume name "
+                                "([a-zA-Z0-9][a-zA-Z0-9_.-]+)", "this backup was not written by mender-upgrade; "
+                                "nothing was changed")
+        if name not in self.archived:
+            raise UnknownVolume(f"backup names the volume {name!r}, which is not a data volume of this installation "
+                                f"(those are: {', '.join(self.archived) or 'none'})",
+                                "restore a backup of this installation; nothing was changed")
+
+
+def _dbpath(command: list[str]) -> str | None:
+    for i, arg in enumerate(command):
+        if arg == "--dbpath" and i + 1 < len(command):
+            return command[i + 1]
+        if arg.startswith("--dbpath="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def installation_volumes(client: docker.DockerClient, project: str, mongo_service: str,
+                         declared: list[str] = ()) -> InstallationVolumes:
+    """Named volumes mounted by the project's containers (`docker inspect`), plus the external
+    volumes `declared` in prod.yml; those mounted at the mongo service's data paths are set apart."""
+    names, mongo_data = set(declared), set()
+    for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        service = container.labels.get("com.docker.compose.service")
+        data_paths = set(MONGO_DATA_PATHS)
+        if service == mongo_service:
+            data_paths.add(_dbpath(container.attrs["Config"].get("Cmd") or []) or "/data/db")
+        for mount in container.attrs.get("Mounts", []):
+            name = mount.get("Name")
+            if mount.get("Type") != "volume" or not name or ANONYMOUS.match(name):
+                continue
+            names.add(name)
+            if service == mongo_service and mount.get("Destination", "").rstrip("/") in data_paths:
+                mongo_data.add(name)
+    return InstallationVolumes(sorted(names - mongo_data), sorted(mongo_data))
 
 
 def external_volumes(prod_yml: str) -> list[str]:
@@ -77,13 +138,13 @@ class IterStream(io.RawIOBase):
 
 @contextmanager
 def helper_container(client: docker.DockerClient, image: str, volumes: dict[str, str], read_only: bool,
-                     command: list[str] | None = None):
+                     argv: list[str] | None = None):
     """A created-not-started container with `volumes` (name -> mount path), removed afterwards
     with the anonymous volumes Docker made for the image's own VOLUMEs (the mongo image declares
     two; without `v` each helper would leave them behind)."""
     mode = "ro" if read_only else "rw"
     container = client.containers.create(
-        image, command=command or ["true"], entrypoint=["sh", "-c"] if command else [],
+        image, entrypoint=(argv or ["true"])[:1], command=(argv or ["true"])[1:],
         labels={HELPER_LABEL: "volume"}, network_mode="none",
         volumes={name: {"bind": path, "mode": mode} for name, path in volumes.items()})
     try:
@@ -108,7 +169,14 @@ def volume_tar_stream(client: docker.DockerClient, image: str, volume: str) -> I
         yield from chunks
 
 
+def _inside(path: str, volume: str) -> bool:
+    normal = posixpath.normpath(path)
+    return normal == volume or normal.startswith(volume + "/")
+
+
 def check_member(member: tarfile.TarInfo, volume: str) -> None:
+    """Refuse anything a volume written by Docker's archive API cannot hold for us: paths or
+    links leaving the volume, devices, FIFOs. Set-id bits are dropped by `safe_member`."""
     path = PurePosixPath(member.name)
     if member.name.startswith("/") or ".." in path.parts:
         raise UnsafeArchive(f"archive entry {member.name!r} has an absolute path or '..'",
@@ -116,11 +184,27 @@ def check_member(member: tarfile.TarInfo, volume: str) -> None:
     if not path.parts or path.parts[0] != volume:
         raise UnsafeArchive(f"archive entry {member.name!r} is outside the volume folder {volume!r}",
                             "refusing to restore this archive")
-    if member.issym() or member.islnk():
-        target = PurePosixPath(member.linkname)
-        if target.is_absolute() or ".." in target.parts:
-            raise UnsafeArchive(f"archive link {member.name!r} -> {member.linkname!r} leaves the volume",
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchive(f"archive entry {member.name!r} is a device, FIFO or other special file",
+                            "refusing to restore this archive; a volume backup holds files, folders and links only")
+    if member.issym():
+        target = member.linkname
+        if target.startswith("/") or not _inside(posixpath.join(posixpath.dirname(member.name), target), volume):
+            raise UnsafeArchive(f"archive link {member.name!r} -> {target!r} leaves the volume",
                                 "refusing to restore this archive")
+    if member.islnk():
+        # A hard link names another entry of the archive (a path from the archive root).
+        if member.linkname.startswith("/") or ".." in PurePosixPath(member.linkname).parts \
+                or not _inside(member.linkname, volume):
+            raise UnsafeArchive(f"archive hard link {member.name!r} -> {member.linkname!r} leaves the volume",
+                                "refusing to restore this archive")
+
+
+def safe_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The entry as it is restored: no setuid, setgid (or sticky) bit. (Docker's archives carry
+    the file-type bits in the mode too; those stay.)"""
+    member.mode &= ~0o7000
+    return member
 
 
 @dataclass
@@ -129,20 +213,28 @@ class TarDigest:
 
     files: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # path -> (sha, mode, uid, size)
 
-    def add(self, member: tarfile.TarInfo, data: bytes | None) -> None:
-        sha = hashlib.sha256(data).hexdigest() if data is not None else member.type.decode()
-        self.files[member.name.rstrip("/")] = (sha, member.mode, member.uid, member.size)
+    def add(self, member: tarfile.TarInfo, sha: str | None) -> None:
+        self.files[member.name.rstrip("/")] = (sha or member.type.decode(), member.mode, member.uid, member.size)
+
+
+def _sha256_of_file(data: BinaryIO) -> str:
+    """Hash a member in 1 MiB reads: a 4 GiB file never sits in memory."""
+    digest = hashlib.sha256()
+    while chunk := data.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def digest_tar(stream: BinaryIO, volume: str | None = None) -> TarDigest:
-    """Per-file digest of a tar stream; with `volume`, also refuse unsafe entries."""
+    """Per-file digest of a tar stream (as it would be restored); with `volume`, also refuse
+    unsafe entries."""
     out = TarDigest()
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if volume is not None:
                 check_member(member, volume)
-            data = tar.extractfile(member).read() if member.isfile() else None
-            out.add(member, data)
+                safe_member(member)
+            out.add(member, _sha256_of_file(tar.extractfile(member)) if member.isfile() else None)
     return out
 
 
@@ -157,7 +249,7 @@ def checked_tar_chunks(source: BinaryIO, volume: str) -> Iterator[bytes]:
                     tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar_out:
                 for member in tar_in:
                     check_member(member, volume)
-                    tar_out.addfile(member, tar_in.extractfile(member) if member.isfile() else None)
+                    tar_out.addfile(safe_member(member), tar_in.extractfile(member) if member.isfile() else None)
         except BaseException as exc:  # surfaced to the consumer below
             failure.append(exc)
 
@@ -179,9 +271,13 @@ def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_str
 
     `archive_root` is the volume name the archive was taken from, when restoring elsewhere."""
     root = archive_root or volume
+    for name in (volume, root):
+        if not VOLUME_NAME.match(name):  # else Docker would take "/..." as a host folder to bind
+            raise UnknownVolume(f"{name!r} is not a Docker volume name", "nothing was changed")
     mount = f"{MOUNT_ROOT}/{root}"
+    # argv, never a shell string: no name can become a command.
     with helper_container(client, image, {volume: mount}, read_only=False,
-                          command=[f"find {mount} -mindepth 1 -delete"]) as emptier:
+                          argv=["find", mount, "-mindepth", "1", "-delete"]) as emptier:
         emptier.start()
         status = emptier.wait(timeout=600)
         if status.get("StatusCode") != 0:

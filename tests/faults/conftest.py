@@ -22,7 +22,8 @@ from tasks.backup import ensure_verified_backup, list_backups, newest_verified_b
 from tasks.containers import compose_services, project_states, wait_until_healthy
 from tasks.repository import FAILED_PREFIX, PRE_UPGRADE_PREFIX, markers
 from tasks.restore import check_archives
-from tasks.settings import BackupSettings
+from tasks.settings import BackupSettings, UpgradeSettings, load_settings
+from tasks.store import BackupStore
 from tasks.versions import STABLE_TAG
 from tasks.volumes import HELPER_LABEL
 from tests.sandbox.conftest import mongo_snapshot
@@ -133,22 +134,31 @@ def committed_change(sandbox, path: str, edit) -> Iterator[None]:
 
 
 @pytest.fixture
-def baseline(sandbox) -> BackupSettings:
-    """A backup target holding a verified backup of the sandbox (made once, hot)."""
+def baseline(sandbox) -> BackupStore:
+    """A backup namespace holding a verified backup of the sandbox (made once, hot)."""
     settings = BackupSettings(target=f"s3://{sandbox.s3.bucket}/faults-baseline", endpoint_url=sandbox.s3.url,
                               access_key_id=sandbox.s3.access_key, secret_access_key=sandbox.s3.secret_key)
-    store = settings.open_store()
+    store = settings.open_store("faults-baseline")
     if not [m for m in list_backups(store) if m.verified]:
         ensure_verified_backup(sandbox.client, sandbox.integration, store, mode="hot", log=lambda m: None)
-    return settings
+    return store
 
 
-def assert_invariants(sandbox, before: Before, backups: BackupSettings, history: str,
-                      says: list[str], new_version: str | None = None, new_data: bool = False) -> None:
+def run_backups(sandbox, settings: UpgradeSettings) -> BackupStore:
+    """The backup namespace of a run's host, reached directly (not through a test's fault proxy)."""
+    data = settings.model_dump(mode="json")
+    data["backup"] |= {"endpoint_url": sandbox.s3.url, "secret_access_key": sandbox.s3.secret_key}
+    return load_settings(data).backup_store()
+
+
+def assert_invariants(sandbox, before: Before, backups: BackupStore, history: str,
+                      says: list[str], new_version: str | None = None, new_data: bool = False,
+                      run: UpgradeSettings | None = None) -> None:
     """The five invariants of the fault matrix, after a case.
 
-    1 healthy on the old (or `new_version`); 2 the newest verified backup in `backups`
-    matches its manifest and every archive is safe to restore; 3 the database equals its
+    1 healthy on the old (or `new_version`); 2 the newest verified backup the `run` made (when
+    it made one; else the newest in `backups`) matches its manifest and every archive is safe
+    to restore; 3 the database equals its
     state before (unless `new_data`: a completed upgrade may add); 4 the clone is on the
     production branch, clean (but for the test's own dirt), with a pre-upgrade marker at the old
     commit when anything was merged, no marker among the tags, and `git describe --tags` (what
@@ -162,7 +172,9 @@ def assert_invariants(sandbox, before: Before, backups: BackupSettings, history:
     helpers = sandbox.client.containers.list(all=True, filters={"label": HELPER_LABEL})
     assert not helpers, f"volume helper containers left behind: {[c.name for c in helpers]}"
     # 2
-    store = backups.open_store()
+    store = run_backups(sandbox, run) if run is not None else backups
+    if run is not None and not [m for m in list_backups(store) if m.verified]:
+        store = backups  # the run made no backup: the one before it must still be intact
     check_archives(store, newest_verified_backup(store))
     # 3
     with sandbox.mongo() as m:

@@ -25,7 +25,8 @@ from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
 from tasks.repository import FAILED_PREFIX, markers
 from tasks.settings import load_settings
-from tests.faults.conftest import assert_invariants, take_before, why_of
+from tasks.containers import compose_services
+from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.conftest import artifact_snapshot
 from tests.sandbox.faultproxy import FaultProxy
@@ -33,14 +34,37 @@ from tests.sandbox.faultproxy import FaultProxy
 pytestmark = pytest.mark.sandbox
 
 
-def _restart_dockerd(sandbox) -> None:
-    """What `systemctl restart docker` does: the engine stops (its containers with it) and starts again."""
+def _restart_dockerd(sandbox, down_s: float = 0) -> None:
+    """What `systemctl restart docker` does: the engine stops (its containers with it) and starts
+    again, after `down_s` seconds without an engine."""
     pid = int(Path("/var/run/docker.pid").read_text())
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
     while Path("/var/run/docker.pid").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(down_s)
     engine.ensure_engine(sandbox.home)
+
+
+def _when_recreated(sandbox, action, created: int | None = None) -> threading.Thread:
+    """Run `action()` once `./run up -d` has created `created` new containers (default: every
+    service of the merged release, so the health gate runs)."""
+
+    def watch() -> None:
+        emptied, wanted = False, created
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            count = len(sandbox.client.containers.list(  # sparse: no inspect of containers being removed
+                all=True, sparse=True, filters={"label": "com.docker.compose.project=menderproduction"}))
+            if count == 0 and not emptied:
+                emptied, wanted = True, created or len(compose_services(sandbox.integration))
+            if emptied and count >= wanted:
+                action()
+                return
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 @pytest.mark.fault(case="docker daemon restarted during `up -d`",
@@ -50,22 +74,8 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
     before = take_before(sandbox)
     settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False)
     restarted = threading.Event()
-
-    def restart_when_up_begins() -> None:
-        # After `./run rm -f` the project has no container; the first new one means `up -d` runs.
-        emptied = False
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            count = len(sandbox.client.containers.list(  # sparse: no inspect of containers being removed
-                all=True, sparse=True, filters={"label": "com.docker.compose.project=menderproduction"}))
-            emptied = emptied or count == 0
-            if emptied and count > 0:
-                _restart_dockerd(sandbox)
-                restarted.set()
-                return
-            time.sleep(0.05)
-    watcher = threading.Thread(target=restart_when_up_begins, daemon=True)
-    watcher.start()
+    # After `./run rm -f` the project has no container; the first new one means `up -d` runs.
+    watcher = _when_recreated(sandbox, lambda: (_restart_dockerd(sandbox), restarted.set()), created=1)
     state, run_id, _ = run_flow(settings, answer=lambda d: (True, "go"))
     watcher.join(timeout=5)
     assert restarted.is_set(), "the engine was never restarted"
@@ -74,9 +84,9 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
     # Either outcome keeps the invariants: rolled back to 2.6.4, or the stack came up on 2.7.2 anyway.
     assert state.is_failed() or state.is_completed(), state.message
     if state.is_failed():
-        assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4"])
+        assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4"])
     else:
-        assert_invariants(sandbox, before, settings.backup, report, ["**completed**"], new_version="2.7.2")
+        assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**completed**"], new_version="2.7.2")
 
 
 @pytest.mark.fault(case="new version runs but does not serve",
@@ -99,7 +109,7 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
     assert "/api/internal/v1/deployments/health answered connection refused" in report
     assert "./run logs" in report
     assert markers(git.Repo(sandbox.integration), FAILED_PREFIX)
-    assert_invariants(sandbox, before, settings.backup, report, ["**rolled back**", "back on 2.6.4", "not healthy"])
+    assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 
 
@@ -138,10 +148,62 @@ def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path
     assert state.is_completed(), state.message
     fault.did = ("the dead run holds the lock: the new run refuses and names `mender-upgrade unlock`; after "
                  "`unlock --force` the dead run shows Crashed, the new run clears its leftovers and completes")
-    store = direct.backup.open_store()
+    store = direct.backup_store()
     assert store.pending_uploads() == []
     with get_client(sync_client=True) as client:
         dead = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
                 if r.state and r.state.type.value == "CRASHED" and (r.parameters["settings"]["host_id"] == settings.host_id)]
     assert dead and "unlock --force" in dead[0].state.message
-    assert_invariants(sandbox, before, direct.backup, report, ["**completed**"], new_version="2.7.2")
+    assert_invariants(sandbox, before, direct.backup_store(), report, ["**completed**"], new_version="2.7.2")
+
+
+@pytest.mark.fault(case="Docker API error mid-cycle",
+                   injected="dockerd gone for 5 s while the health gate polls the new containers (the SDK raises "
+                            "requests.ConnectionError)")
+def test_docker_api_error_mid_cycle_rolls_back(prefect_api, sandbox, fault):
+    stack.mark_dirty(sandbox)
+    before = take_before(sandbox)
+    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False)
+    done = threading.Event()
+    watcher = _when_recreated(sandbox, lambda: (_restart_dockerd(sandbox, down_s=5), done.set()))
+    state, run_id, _ = run_flow(settings, answer=lambda d: (True, "go"))
+    watcher.join(timeout=5)
+    assert done.is_set(), "the engine was never stopped during the health gate"
+    report = report_of(run_id)
+    fault.did = why_of(report)
+    assert state.is_failed(), state.message
+    assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4"])
+
+
+@pytest.mark.fault(case="cancellation mid-cycle",
+                   injected="SIGTERM to the run's process group (what a runner does on a UI cancel) once the new "
+                            "containers exist")
+def test_cancellation_mid_cycle_rolls_back(prefect_api, sandbox, fault, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+    stack.mark_dirty(sandbox)
+    before = take_before(sandbox)
+    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False)
+    data = settings.model_dump(mode="json")
+    data["backup"]["secret_access_key"] = sandbox.s3.secret_key
+    config = tmp_path / "upgrade.yaml"
+    config.write_text(yaml.safe_dump(data))
+    cli = Path(sys.executable).parent / "mender-upgrade"
+    run = subprocess.Popen([str(cli), "run", "--config", str(config), "--yes"], start_new_session=True,
+                           env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sent = threading.Event()
+    watcher = _when_recreated(sandbox, lambda: (os.killpg(run.pid, signal.SIGTERM), sent.set()))
+    try:
+        run.wait(timeout=900)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    watcher.join(timeout=5)
+    assert sent.is_set(), "the run was never cancelled mid-cycle"
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
+                if r.parameters["settings"]["host_id"] == settings.host_id]
+    report = report_of(str(runs[0].id))
+    fault.did = why_of(report)
+    assert_invariants(sandbox, before, run_backups(sandbox, settings), report,
+                      ["**rolled back**", "cancelled", "back on 2.6.4"])

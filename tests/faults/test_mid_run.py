@@ -8,8 +8,10 @@ import subprocess
 import pytest
 
 from sandbox.s3 import S3_PORT
+from tasks.backup import ensure_verified_backup, list_backups
+from tasks.restore import check_archives
 from tasks.containers import project_states
-from tests.faults.conftest import assert_invariants, take_before, why_of
+from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.faultproxy import FaultProxy
 
@@ -35,9 +37,11 @@ def test_mongo_stopped_before_backup(prefect_api, sandbox, fault, baseline):
     def stop_then_approve(description):
         _stop_mongo(sandbox)
         return True, "go"
-    report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2"), stop_then_approve)
+    settings = flow_settings(sandbox, "2.7.2")
+    report = _failed_run(sandbox, fault, settings, stop_then_approve)
     assert_invariants(sandbox, before, baseline, report,
-                      ["**failed**", "mender-mongo", "not running", "before any downtime", "started mender-mongo"])
+                      ["**failed**", "mender-mongo", "not running", "before any downtime", "started mender-mongo"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="mongo stopped during cleanup",
@@ -51,8 +55,11 @@ def test_mongo_stopped_during_cleanup(prefect_api, sandbox, fault, baseline):
     finally:
         proxy.close()
     assert proxy.on_request is None, "the fault was never injected"
-    assert_invariants(sandbox, before, settings.backup, report,
-                      ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"])
+    # The proxy is closed: the invariants read this run's backup straight from S3.
+    assert run_backups(sandbox, settings).list_keys("")  # this run made a backup: invariant 2 checks it
+    assert_invariants(sandbox, before, baseline, report,
+                      ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="S3 killed mid-upload", injected="every S3 connection cut 3 MB into the backup (inside the "
@@ -66,7 +73,8 @@ def test_s3_killed_mid_upload(prefect_api, sandbox, fault, baseline):
         assert proxy.cuts == 1
     finally:
         proxy.close()
-    assert_invariants(sandbox, before, baseline, report, ["**failed**", "unreachable", "before any downtime"])
+    assert_invariants(sandbox, before, baseline, report, ["**failed**", "unreachable", "before any downtime"],
+                      run=settings)
 
 
 @pytest.mark.fault(case="local backup target full", injected="backup target on a 1 MiB tmpfs")
@@ -76,9 +84,40 @@ def test_local_backup_target_full(prefect_api, sandbox, fault, baseline, tmp_pat
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
     try:
         before = take_before(sandbox)
-        report = _failed_run(sandbox, fault, flow_settings(sandbox, "2.7.2", backup={"target": f"file://{mount}/b"}))
+        settings = flow_settings(sandbox, "2.7.2", backup={"target": f"file://{mount}/b"})
+        report = _failed_run(sandbox, fault, settings)
         leftovers = [p for p in (mount / "b").rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name == "manifest.json"]  # no backup: invariant 2 checks the baseline
         assert not [p for p in leftovers if p.name.endswith(".partial") or p.name == "manifest.json"]
     finally:
         subprocess.run(["umount", str(mount)], check=True)
     assert_invariants(sandbox, before, baseline, report, ["**failed**", "full", "before any downtime"])
+
+
+@pytest.mark.fault(case="two hosts sharing a target with keep_last = 1",
+                   injected="host-b's backup and an upload of host-b in progress while host-a backs up and prunes twice")
+def test_two_hosts_sharing_a_target_keep_each_others_backups(sandbox, fault, baseline):
+    before = take_before(sandbox)
+    shared = flow_settings(sandbox, "2.7.2").backup.model_copy(update={"keep_last": 1})
+    host_a, host_b = shared.open_store("host-a"), shared.open_store("host-b")
+
+    def backup(store, run_id):
+        return ensure_verified_backup(sandbox.client, sandbox.integration, store, run_id=run_id, mode="hot",
+                                      keep_last=1, holds_lock=True, log=lambda m: None)
+    b1 = backup(host_b, "run-b-1")
+    s3 = sandbox.s3.client()
+    bucket, prefix = sandbox.s3.bucket, host_b.prefix
+    pending = s3.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/in-progress/volumes/x.tar")["UploadId"]
+    try:
+        a1 = backup(host_a, "run-a-1")
+        a2 = backup(host_a, "run-a-2")
+        assert [m.backup_id for m in list_backups(host_a)] == [a2.backup_id]  # a1 pruned: keep_last = 1
+        assert a1.backup_id not in {m.backup_id for m in list_backups(host_a)}
+        assert [m.backup_id for m in list_backups(host_b)] == [b1.backup_id]
+        assert host_b.pending_uploads() == ["in-progress/volumes/x.tar"]
+        check_archives(host_b, b1)
+    finally:
+        s3.abort_multipart_upload(Bucket=bucket, Key=f"{prefix}/in-progress/volumes/x.tar", UploadId=pending)
+    fault.did = ("host-a pruned and aborted only under <target>/host-a/: host-b's backup and its upload "
+                 "in progress are intact")
+    assert_invariants(sandbox, before, host_b, fault.did, ["host-b's backup"])

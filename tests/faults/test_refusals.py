@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import socket
 import tarfile
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.lock import host_lock
-from tasks.backup import Manifest, ensure_verified_backup
+from tasks.backup import Manifest, ensure_verified_backup, list_backups
 from tests.faults.conftest import (
     SEEN_TEXT,
     assert_invariants,
@@ -23,6 +25,7 @@ from tests.faults.conftest import (
     why_of,
 )
 from tests.flowrun import flow_settings, report_of, run_flow
+from tests.sandbox.conftest import started_at
 from tests.unit.test_settings import WRONG
 
 pytestmark = pytest.mark.sandbox
@@ -34,7 +37,7 @@ def _refused_flow(sandbox, fault, baseline, settings, says: list[str], dirt: tup
     assert not state.is_completed(), "the run should not have completed"
     report = report_of(run_id)
     fault.did = why_of(report) if "- why: " in report else state.message
-    assert_invariants(sandbox, before, baseline, report, says)
+    assert_invariants(sandbox, before, baseline, report, says, run=settings)
     return state, report, asked
 
 
@@ -194,40 +197,97 @@ def test_each_wrong_config_field_is_named(sandbox, tmp_path, fault, baseline):
     assert_invariants(sandbox, before, baseline, "\n".join(outputs), ["is not a known setting"])
 
 
-def _hostile_copy(store, manifest: Manifest) -> str:
-    """A verified-looking backup whose volume archive holds an absolute path and a `..` entry."""
+def _tar(*entries: tuple[str, bytes, bytes, int, str]) -> bytes:
+    """A tar of (name, type, data, mode, linkname) entries."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in ("/etc/cron.d/evil", "../../outside"):
+        for name, kind, data, mode, link in entries:
             info = tarfile.TarInfo(name)
-            info.size = 4
-            tar.addfile(info, io.BytesIO(b"evil"))
-    data = buf.getvalue()
-    backup_id = f"{manifest.backup_id}-hostile"
-    doc = json.loads(manifest.to_json())
+            info.type, info.mode, info.linkname = kind, mode, link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def real_backup(sandbox):
+    """A real verified backup of this machine's host (the CLI's default host id), made once per sandbox."""
+    settings = flow_settings(sandbox, "2.7.2").backup.model_copy(update={"target": f"s3://{sandbox.s3.bucket}/forged"})
+    store = settings.open_store(socket.gethostname())
+    made = [m for m in list_backups(store) if m.verified]  # forged copies are unsigned: never listed
+    return store, made[-1] if made else ensure_verified_backup(sandbox.client, sandbox.integration, store, mode="hot",
+                                                               log=lambda m: None)
+
+
+def _forged_copy(store, manifest: Manifest, tag: str, volume_tar: bytes | None = None, name: str | None = None,
+                 tamper_hash: bool = False) -> str:
+    """A copy of `manifest`'s backup under a new id, as someone who can write to the bucket would
+    make it: the volume archive replaced by `volume_tar` and named `name`, the manifest unsigned,
+    or (`tamper_hash`) signed and then given another hash."""
+    backup_id = f"{manifest.backup_id}-{tag}"
+    doc = json.loads(manifest.to_json(store.signing_key))
     doc["backup_id"] = backup_id
     for obj in doc["objects"]:
-        old_key, obj["key"] = obj["key"], obj["key"].replace(manifest.backup_id, backup_id, 1)
-        body = data if obj["kind"] == "volume" else store.get_bytes(old_key)
-        obj["size"], obj["sha256"] = len(body), hashlib.sha256(body).hexdigest()
-        store.put_bytes(obj["key"], body)
-    hostile = Manifest.from_json(json.dumps(doc).encode())
-    store.put_bytes(hostile.key, hostile.to_json())
-    return f"{store.uri}/{hostile.key}"
+        body = store.get_bytes(obj["key"])
+        if obj["kind"] == "volume":
+            body = volume_tar if volume_tar is not None else body
+            obj["name"] = name or obj["name"]
+            obj["key"] = f"{backup_id}/volumes/{obj['name']}.tar"
+        else:
+            obj["key"] = f"{backup_id}/{obj['key'].split('/', 1)[1]}"
+        obj["size"], obj["sha256"], obj["version_id"] = len(body), hashlib.sha256(body).hexdigest(), None
+        if "/" not in obj["name"] and ";" not in obj["name"]:
+            store.put_bytes(obj["key"], body)
+    if tamper_hash:
+        forged = Manifest.from_json(json.dumps(doc).encode(), b"", allow_unsigned=True)
+        signed = json.loads(forged.to_json(store.signing_key))
+        signed["objects"][0]["sha256"] = hashlib.sha256(b"forged").hexdigest()
+        body = json.dumps(signed).encode()
+    else:
+        doc.pop("signature", None)
+        body = json.dumps(doc).encode()
+    store.put_bytes(f"{backup_id}/manifest.json", body)
+    return f"{store.uri}/{backup_id}/manifest.json"
 
 
-@pytest.mark.fault(case="restore archive with absolute and `..` entries",
-                   injected="a backup whose volume tar holds /etc/cron.d/evil and ../../outside")
-def test_hostile_restore_archive_is_refused_before_overwriting(sandbox, fault, baseline):
-    before = take_before(sandbox)
-    hostile_store = flow_settings(sandbox, "2.7.2").backup.open_store()
-    uri = _hostile_copy(hostile_store, ensure_verified_backup(sandbox.client, sandbox.integration, hostile_store,
-                                                              mode="hot", log=lambda m: None))
+VOLUME = "mender-artifacts"
+FORGED = {
+    "unsigned": (dict(), [], "is not signed"),
+    "tampered hash": (dict(tamper_hash=True), [], "does not match the signing key"),
+    "host path as volume name": (dict(name="/etc"), ["--allow-unsigned"], "not a Docker volume name"),
+    "shell syntax as volume name": (dict(name="x;touch /tmp/pwned-by-manifest"), ["--allow-unsigned"],
+                                    "not a Docker volume name"),
+    "another installation's volume": (dict(name="docker-registry-data"), ["--allow-unsigned"],
+                                      "not a data volume of this installation"),
+    "absolute and `..` entries": (dict(volume_tar=_tar(("/etc/cron.d/evil", tarfile.REGTYPE, b"evil", 0o644, ""),
+                                                       ("../../outside", tarfile.REGTYPE, b"evil", 0o644, ""))),
+                                  ["--allow-unsigned"], "absolute path"),
+    "FIFO entry": (dict(volume_tar=_tar((f"{VOLUME}/fifo", tarfile.FIFOTYPE, b"", 0o644, ""))),
+                   ["--allow-unsigned"], "special file"),
+    "device entry": (dict(volume_tar=_tar((f"{VOLUME}/sda", tarfile.BLKTYPE, b"", 0o660, ""))),
+                     ["--allow-unsigned"], "special file"),
+    "hard link outside": (dict(volume_tar=_tar((f"{VOLUME}/shadow", tarfile.LNKTYPE, b"", 0o644, "etc/shadow"))),
+                          ["--allow-unsigned"], "leaves the volume"),
+    "symlink outside": (dict(volume_tar=_tar((f"{VOLUME}/up", tarfile.SYMTYPE, b"", 0o777, "../../../etc"))),
+                        ["--allow-unsigned"], "leaves the volume"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED))
+def test_forged_manifest_is_refused_before_anything_stops(sandbox, fault, baseline, real_backup, case, request):
+    kwargs, flags, says = FORGED[case]
+    request.node.add_marker(pytest.mark.fault(case=f"forged manifest: {case}",
+                                              injected=f"`restore` of a backup copy with {case}"))
+    store, manifest = real_backup
+    before, started = take_before(sandbox), started_at(sandbox)
+    uri = _forged_copy(store, manifest, case.split()[0].strip("`").lower() or "x", **kwargs)
     env = {"AWS_ACCESS_KEY_ID": sandbox.s3.access_key, "AWS_SECRET_ACCESS_KEY": sandbox.s3.secret_key}
     result = CliRunner().invoke(app, ["restore", "--manifest", uri, "--integration", str(sandbox.integration),
-                                      "--endpoint-url", sandbox.s3.url, "--yes"], env=env)
+                                      "--endpoint-url", sandbox.s3.url, "--yes", *flags], env=env)
     output = " ".join(result.output.split())
     SEEN_TEXT.append(output)
     assert result.exit_code == 1, output
-    fault.did = "refused before touching anything: " + output.split("error: ", 1)[-1][:200]
-    assert_invariants(sandbox, before, baseline, output, ["absolute path"])
+    fault.did = "refused before stopping anything: " + output.split("error: ", 1)[-1][:200]
+    assert started_at(sandbox) == started, "a service was stopped or restarted"
+    assert not os.path.exists("/tmp/pwned-by-manifest")
+    assert_invariants(sandbox, before, baseline, output, [says])

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+import socket
 import uuid
 
 import pytest
 from botocore.exceptions import ClientError
 
 from sandbox import stack
-from tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups
+from tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups, read_manifest
 from tasks.containers import project_states, wait_until_healthy
+from tasks.backup import OtherHostsBackup
 from tasks.restore import restore_backup, restore_drill
 from tasks.settings import BackupSettings
-from tasks.store import LocalStore
+from tasks.store import BucketNotImmutable
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot, started_at
 
 pytestmark = pytest.mark.sandbox
@@ -23,20 +25,28 @@ def _backup(sandbox, store, **kw) -> Manifest:
     return ensure_verified_backup(sandbox.client, sandbox.integration, store, log=lambda m: None, **kw)
 
 
+def _mongo(sandbox):
+    return sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id)
+
+
 def test_backup_verify_restore_roundtrips_everything(sandbox, s3_settings):
-    store = s3_settings.open_store()
+    store = s3_settings.open_store("sandbox-host")
     with sandbox.mongo() as m:
         before_db = mongo_snapshot(m)
     before_files = artifact_snapshot(sandbox)
+    # A file in mongod's live data directory: no backup reads it, no restore may touch it.
+    assert _mongo(sandbox).exec_run(["touch", "/data/db/mender-upgrade-canary"]).exit_code == 0
     manifest = _backup(sandbox, store)
 
-    assert manifest.verified and manifest.mode == "quiesce"
+    assert manifest.verified and manifest.mode == "quiesce" and manifest.host_id == "sandbox-host"
     assert manifest.integration_version == "2.6.4" and len(manifest.git_sha) == 40
     assert manifest.mongo_version.startswith("4.4") and manifest.feature_compatibility_version == "4.4"
-    assert {o.name for o in manifest.objects} == {"mender-mongo", "mender-artifacts", "mender-db"}
+    # mender-db is mounted at mender-mongo's /data/db: left to mongodump, never archived as files.
+    assert {o.name for o in manifest.objects} == {"mender-mongo", "mender-artifacts"}
     assert manifest.counts["deviceauth"]["devices"] == len(before_db["deviceauth.devices"][0])
     assert "mender-deployments" in manifest.image_digests
-    stored = Manifest.from_json(store.get_bytes(manifest.key))
+    assert store.uri == f"{s3_settings.target}/sandbox-host"
+    stored = read_manifest(store, manifest.key)
     assert stored.verified and stored.objects == manifest.objects
 
     # Damage production: drop documents, add one, delete and change artifact files.
@@ -49,20 +59,33 @@ def test_backup_verify_restore_roundtrips_everything(sandbox, s3_settings):
                     "&& echo new > /export/stray"])
     assert artifact_snapshot(sandbox) != before_files
 
-    restore_backup(sandbox.client, sandbox.integration, store, manifest, stability_window=2, log=lambda m: None)
+    restore_backup(sandbox.client, sandbox.integration, store, manifest, host_id="sandbox-host",
+                   stability_window=2, log=lambda m: None)
     with sandbox.mongo() as m:
         assert mongo_snapshot(m) == before_db
     assert artifact_snapshot(sandbox) == before_files
+    assert _mongo(sandbox).exec_run(["ls", "/data/db/mender-upgrade-canary"]).exit_code == 0
+
+
+def test_restore_and_drill_refuse_another_hosts_backup(sandbox, s3_settings):
+    manifest = _backup(sandbox, s3_settings.open_store("host-a"), mode="hot")
+    store_a = s3_settings.open_store("host-a")
+    before = started_at(sandbox)
+    with pytest.raises(OtherHostsBackup, match="host 'host-a', this is 'host-b'"):
+        restore_backup(sandbox.client, sandbox.integration, store_a, manifest, host_id="host-b", log=lambda m: None)
+    with pytest.raises(OtherHostsBackup):
+        restore_drill(sandbox.client, store_a, manifest, "unused", host_id="host-b", log=lambda m: None)
+    assert started_at(sandbox) == before
 
 
 def test_drill_restores_elsewhere_and_leaves_production_untouched(sandbox, s3_settings):
-    store = s3_settings.open_store()
+    store = s3_settings.open_store("sandbox-host")
     manifest = _backup(sandbox, store, mode="hot")
     with sandbox.mongo() as m:
         before_db = mongo_snapshot(m)
     before_start = started_at(sandbox)
     image = sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id).attrs["Config"]["Image"]
-    report = restore_drill(sandbox.client, store, manifest, image, log=lambda m: None)
+    report = restore_drill(sandbox.client, store, manifest, image, host_id="sandbox-host", log=lambda m: None)
     assert report.passed, report.differences
     assert report.collections_checked > 10 and report.files_checked >= 4
     with sandbox.mongo() as m:
@@ -92,7 +115,7 @@ def test_volume_helpers_leave_no_anonymous_volumes(sandbox, s3_settings):
 
 
 def test_quiesce_restarts_writers_and_hot_stops_nothing(sandbox, tmp_path):
-    store = LocalStore(tmp_path / "backups")
+    store = BackupSettings(target=f"file://{tmp_path}/backups").open_store("sandbox-host")
     before = started_at(sandbox)
     manifest = _backup(sandbox, store, mode="hot")
     assert manifest.mode == "hot" and started_at(sandbox) == before
@@ -130,7 +153,7 @@ def test_writers_are_running_services_of_the_current_configuration(sandbox):
 
 
 def test_retention_keeps_the_newest_verified(sandbox, tmp_path):
-    store = LocalStore(tmp_path / "backups")
+    store = BackupSettings(target=f"file://{tmp_path}/backups").open_store("sandbox-host")
     ids = [_backup(sandbox, store, mode="hot", keep_last=2).backup_id for _ in range(3)]
     assert [m.backup_id for m in list_backups(store)] == ids[1:]
     assert prune_backups(store, keep_last=1) == [ids[1]]
@@ -141,7 +164,7 @@ def test_failing_mongodump_leaves_no_complete_object(sandbox, s3_settings):
     # A mongo container whose server never started: the real CLI path, mongodump fails to connect.
     dead = sandbox.client.containers.run("mongo:4.4", entrypoint=["sleep", "300"], detach=True,
                                          labels={stack.SANDBOX_LABEL: "dead-mongo"})
-    store = s3_settings.open_store()
+    store = s3_settings.open_store("sandbox-host")
     try:
         with pytest.raises(DumpFailed) as err:
             dump_mongo_to_store(dead.id, store, "x/mongo.archive.gz")
@@ -162,7 +185,7 @@ def test_cli_backup_drill_and_restore(sandbox, s3_settings):
     result = runner.invoke(app, ["backup", "--integration", str(sandbox.integration), *common], env=env)
     assert result.exit_code == 0, result.output
     uri = " ".join(result.output.split()).split("verified backup: ")[1].split()[0]
-    assert uri.startswith(s3_settings.target) and uri.endswith("/manifest.json")
+    assert uri.startswith(f"{s3_settings.target}/{socket.gethostname()}/") and uri.endswith("/manifest.json")
     assert sandbox.s3.secret_key not in result.output
 
     result = runner.invoke(app, ["drill", *common], env=env)
@@ -188,11 +211,24 @@ def test_object_lock_retention_keeps_backup_versions_from_deletion(sandbox):
                               access_key_id=sandbox.s3.access_key, secret_access_key=sandbox.s3.secret_key,
                               object_lock_days=1)
     store = settings.open_store()
-    store.upload_stream("b1/mongo.archive.gz", io.BytesIO(b"dump" * 1000))
+    first = store.upload_stream("b1/mongo.archive.gz", io.BytesIO(b"dump" * 1000))
     head = s3.head_object(Bucket=bucket, Key="mender/b1/mongo.archive.gz")
     assert head["ObjectLockMode"] == "GOVERNANCE"
     version = s3.list_object_versions(Bucket=bucket, Prefix="mender/b1/")["Versions"][0]["VersionId"]
+    assert first.version_id == version
     with pytest.raises(ClientError):
         s3.delete_object(Bucket=bucket, Key="mender/b1/mongo.archive.gz", VersionId=version)
-    # backup.immutable accepts this bucket (the refusal of a plain one is a fault-matrix case).
+    # A later upload to the same key does not change what is read back by the verified version.
+    store.upload_stream("b1/mongo.archive.gz", io.BytesIO(b"forged"))
+    assert b"".join(store.read_chunks("b1/mongo.archive.gz", first.version_id)) == b"dump" * 1000
+    with store.pinned("b1/mongo.archive.gz", first.version_id) as chunks:
+        assert b"".join(chunks()) == b"dump" * 1000
+    # backup.immutable accepts this bucket (the refusal of a plain one is a fault-matrix case)...
     BackupSettings.model_validate(settings.model_dump() | {"immutable": True}).open_store().probe()
+    # ...but not without a retention period (none set here, none by default on the bucket).
+    no_retention = settings.model_dump() | {"immutable": True, "object_lock_days": None}
+    with pytest.raises(BucketNotImmutable, match="no default retention"):
+        BackupSettings.model_validate(no_retention).open_store().probe()
+    compliance = BackupSettings.model_validate(settings.model_dump() | {"object_lock_mode": "COMPLIANCE"}).open_store()
+    compliance.upload_stream("b2/mongo.archive.gz", io.BytesIO(b"dump"))
+    assert s3.head_object(Bucket=bucket, Key="mender/b2/mongo.archive.gz")["ObjectLockMode"] == "COMPLIANCE"

@@ -66,7 +66,7 @@ def test_scheduled_restore_drill_flow_passes_without_touching_production(prefect
     from tasks.backup import ensure_verified_backup
 
     settings = flow_settings(sandbox, "2.7.2")
-    ensure_verified_backup(sandbox.client, sandbox.integration, settings.backup.open_store(), mode="hot",
+    ensure_verified_backup(sandbox.client, sandbox.integration, settings.backup_store(), mode="hot",
                            log=lambda m: None)
     before = started_at(sandbox)
     result = restore_drill_flow(settings=settings)
