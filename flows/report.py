@@ -25,6 +25,7 @@ class RunReport:
     cleanup: dict = field(default_factory=dict)
     steps: dict[str, float] = field(default_factory=dict)
     downtime_s: float | None = None
+    kept: dict[str, list[str]] = field(default_factory=dict)  # hop -> services its cycle left running
     warnings: list[str] = field(default_factory=list)
 
     def to_markdown(self) -> str:
@@ -43,6 +44,8 @@ class RunReport:
             lines.append(f"- deviceauth cleanup: {self.cleanup}")
         if self.downtime_s is not None:
             lines.append(f"- downtime: {self.downtime_s:.1f} s")
+        for hop, kept in self.kept.items():
+            lines.append(f"- {hop}: kept running (image and configuration unchanged): {', '.join(kept) or 'none'}")
         if self.warnings:
             lines += ["", "## Warnings", *[f"- {w}" for w in self.warnings]]
         if self.steps:

@@ -215,6 +215,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             with timed(report, f"cycle {hop}"):
                 cycle = steps.cycle_task(settings)
             report.downtime_s += cycle.downtime_s
+            report.kept[hop] = cycle.kept
             if old_mongo != new_mongo:
                 steps.mongo_hop_finish_task(settings, new_mongo)
             current = hop

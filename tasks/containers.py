@@ -106,24 +106,107 @@ def wait_until_healthy(client: docker.DockerClient, services: list[str], *, proj
         time.sleep(poll)
 
 
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
+# Images Mender publishes itself: every release retags them, and the documented procedure
+# stops all of them together so that old and new services never run side by side.
+MENDER_IMAGE_PREFIXES = ("mendersoftware/", "docker.io/mendersoftware/", "registry.mender.io/")
+
+
+def is_mender_image(image: str) -> bool:
+    return image.startswith(MENDER_IMAGE_PREFIXES)
+
+
+def config_hashes(integration: Path) -> dict[str, str]:
+    """Each service's compose configuration hash (`./run config --hash=*`), the value compose
+    writes into the `com.docker.compose.config-hash` label of the container it creates."""
+    out: dict[str, str] = {}
+    for line in run_compose(integration, ["config", "--hash=*"]).splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return out
+
+
+@dataclass(frozen=True)
+class RunningService:
+    image: str            # the image name the container was created from
+    image_id: str         # the image the container runs
+    config_hash: str      # the compose configuration it was created with
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    recreate: list[str]   # stopped, removed and created again from the new configuration
+    keep: list[str]       # third-party services whose image and configuration do not change
+
+
+def plan_cycle(services: list[str], new_hashes: dict[str, str], running: dict[str, RunningService],
+               local_image_ids: dict[str, str]) -> CyclePlan:
+    """Which services the cycle recreates. Mender's own services always cycle together; a
+    third-party service (mongo, minio, nats, the traefik gateway, redis) keeps running when its
+    container already runs the configuration (compose's config hash) and the image (the id
+    the image name now points to, after `./run pull`) of the new release."""
+    keep = [s for s in services
+            if s in running and not is_mender_image(running[s].image)
+            and new_hashes.get(s) == running[s].config_hash
+            and local_image_ids.get(running[s].image) == running[s].image_id]
+    return CyclePlan(recreate=[s for s in services if s not in keep], keep=keep)
+
+
+def running_services(client: docker.DockerClient, project: str = PROJECT) -> dict[str, RunningService]:
+    """The running containers of `project` by service, with what decides whether they change."""
+    out: dict[str, RunningService] = {}
+    for c in client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}):
+        attrs = c.attrs
+        out[c.labels.get(SERVICE_LABEL, "?")] = RunningService(
+            image=attrs["Config"]["Image"], image_id=attrs["Image"],
+            config_hash=c.labels.get(CONFIG_HASH_LABEL, ""))
+    return out
+
+
+def local_image_ids(client: docker.DockerClient, names: set[str]) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for name in names:
+        try:
+            ids[name] = client.images.get(name).id
+        except docker.errors.ImageNotFound:
+            continue
+    return ids
+
+
 @dataclass
 class CycleReport:
     services: dict[str, str]  # service -> final "status/health (image)"
     downtime_s: float
     step_seconds: dict[str, float]
+    kept: list[str]  # services left running: image and configuration unchanged
 
 
 def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
                      health_timeout: float = 300, stability_window: float = 20,
                      log=lambda message: None) -> CycleReport:
-    """stop, rm -f, up -d --remove-orphans through the operator's ./run, then the health gate.
+    """Stop and remove every service that changes (all of Mender's together), create them from
+    the new configuration, remove orphans, then the health gate.
 
-    Pull first (`pull_images`): it needs no downtime. Downtime runs from the first stop until
-    every service is healthy; services removed upstream (storage-proxy in 2.7) go as orphans."""
+    Pull first (`pull_images`): it needs no downtime. Mongo, minio, nats and the gateway keep
+    running when neither their image nor their configuration changes: recreating them only
+    adds downtime (deployments waits for minio's health check, 60 s apart in the real files).
+    Downtime runs from the first stop until every service is healthy; services removed
+    upstream (storage-proxy in 2.7) go as orphans."""
     services = compose_services(integration)
+    running = running_services(client, project)
+    plan = plan_cycle(services, config_hashes(integration), running,
+                      local_image_ids(client, {r.image for r in running.values()}))
+    if plan.keep:
+        log(f"kept running (image and configuration unchanged): {', '.join(plan.keep)}")
     steps: dict[str, float] = {}
     start = time.monotonic()
-    for name, args in [("stop", ["stop"]), ("rm", ["rm", "-f"]), ("up", ["up", "-d", "--remove-orphans"])]:
+    # `up --no-deps` first: a plain `up` would also recreate the kept gateway, because compose
+    # recreates every service whose dependencies were (re)created. The second `up` then finds
+    # everything current and only removes the orphans.
+    for name, args in [("stop", ["stop", *plan.recreate]), ("rm", ["rm", "-f", *plan.recreate]),
+                       ("up", ["up", "-d", "--no-deps", *plan.recreate]),
+                       ("orphans", ["up", "-d", "--remove-orphans"])]:
         log(f"./run {' '.join(args)}")
         t = time.monotonic()
         run_compose(integration, args)
@@ -133,7 +216,7 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
                                 stability_window=stability_window)
     steps["health"] = time.monotonic() - t
     return CycleReport({s: f"{st.status}/{st.health or '-'} ({st.image})" for s, st in health.states.items()},
-                       downtime_s=health.healthy_at - start, step_seconds=steps)
+                       downtime_s=health.healthy_at - start, step_seconds=steps, kept=plan.keep)
 
 
 def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: float = 1) -> None:

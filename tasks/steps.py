@@ -149,7 +149,8 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
                                          health_timeout=settings.health_timeout_s,
                                          stability_window=settings.stability_window_s, log=logger.info)
     create_table_artifact(key="upgrade-health", description=f"health gate passed; downtime {report.downtime_s:.1f} s",
-                          table=[{"service": s, "state": st} for s, st in sorted(report.services.items())])
+                          table=[{"service": s, "state": st, "kept running": s in report.kept}
+                                 for s, st in sorted(report.services.items())])
     return report
 
 
