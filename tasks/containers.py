@@ -180,6 +180,8 @@ class CycleReport:
     downtime_s: float
     step_seconds: dict[str, float]
     kept: list[str]  # services left running: image and configuration unchanged
+    gate_s: float = 0.0       # of downtime_s: the health gate's wait until all were healthy
+    healthy_at: float = 0.0   # time.monotonic() when every service was first healthy
 
 
 def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
@@ -216,7 +218,8 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
                                 stability_window=stability_window)
     steps["health"] = time.monotonic() - t
     return CycleReport({s: f"{st.status}/{st.health or '-'} ({st.image})" for s, st in health.states.items()},
-                       downtime_s=health.healthy_at - start, step_seconds=steps, kept=plan.keep)
+                       downtime_s=health.healthy_at - start, step_seconds=steps, kept=plan.keep,
+                       gate_s=health.healthy_at - t, healthy_at=health.healthy_at)
 
 
 def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: float = 1) -> None:
