@@ -101,29 +101,17 @@ def _progress_callback(title: str):
     return progress, artifact_id
 
 
-@task(name="backup", **TRANSIENT)
-@typed_outside_errors
-def backup_task(settings: UpgradeSettings, run_id: str) -> backup.Manifest:
-    logger = get_run_logger()
-    progress, artifact_id = _progress_callback("backup")
-    manifest = backup.ensure_verified_backup(
-        _docker(), settings.integration_dir, settings.backup_store(), run_id=run_id,
-        mode=settings.backup.mode.value, keep_last=settings.backup.keep_last, writers=settings.writer_services,
-        project=settings.compose_project, holds_lock=True, log=logger.info, progress=progress)
-    update_progress_artifact(artifact_id, progress=100.0, description=f"backup {manifest.backup_id} verified")
-    create_table_artifact(key="upgrade-backup", description=f"verified backup {manifest.target}/{manifest.key}",
-                          table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
-    return manifest
-
-
 @task(name="pre-copy", **TRANSIENT)
 @typed_outside_errors
 def precopy_task(settings: UpgradeSettings, run_id: str) -> precopy.PreCopy:
     """The hot part of the backup: every volume archived and verified while the server serves."""
-    progress, _ = _progress_callback("pre-copy")
-    return precopy.pre_copy(_docker(), settings.integration_dir, settings.backup_store(), run_id,
-                            project=settings.compose_project, holds_lock=True, log=get_run_logger().info,
-                            progress=progress)
+    progress, artifact_id = _progress_callback("pre-copy")
+    pre = precopy.pre_copy(_docker(), settings.integration_dir, settings.backup_store(), run_id,
+                           project=settings.compose_project, holds_lock=True, log=get_run_logger().info,
+                           progress=progress)
+    update_progress_artifact(artifact_id, progress=100.0, description=f"pre-copy of {pre.bytes / 2**20:.0f} MiB "
+                             f"verified ({pre.rate / 2**20:.0f} MiB/s)")
+    return pre
 
 
 @task(name="stop-writers", **ONCE)
@@ -170,12 +158,6 @@ def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopRes
     for warning in result.warnings:
         logger.warning(warning)
     return result
-
-
-@task(name="pull-images", **TRANSIENT)
-@typed_outside_errors
-def pull_task(settings: UpgradeSettings) -> None:
-    containers.pull_images(settings.integration_dir)
 
 
 @task(name="check-mongo-hop", **TRANSIENT)
