@@ -197,8 +197,9 @@ def check_member(member: tarfile.TarInfo, volume: str) -> None:
 
 
 def safe_member(member: tarfile.TarInfo) -> tarfile.TarInfo:
-    """The entry as it is restored: no setuid, setgid (or sticky) bit."""
-    member.mode &= 0o777
+    """The entry as it is restored: no setuid, setgid (or sticky) bit. (Docker's archives carry
+    the file-type bits in the mode too; those stay.)"""
+    member.mode &= ~0o7000
     return member
 
 

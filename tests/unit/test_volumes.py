@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from tasks.volumes import (InstallationVolumes, UnknownVolume, UnsafeArchive, checked_tar_chunks, digest_tar,
-                           external_volumes, restore_volume)
+                           external_volumes, restore_volume, safe_member)
 
 
 def test_external_volumes_of_both_compose_eras():
@@ -86,6 +86,10 @@ def test_links_inside_the_volume_pass_and_setuid_bits_are_dropped():
     with tarfile.open(fileobj=io.BytesIO(copy)) as tar:
         assert {m.name: m.mode for m in tar.getmembers()} == {"mender-artifacts/sub/a": 0o755,
                                                               "mender-artifacts/bin": 0o755}
+    # Docker's archives carry the file-type bits in the mode: they stay, the set-id bits go.
+    member = tarfile.TarInfo("mender-artifacts/bin")
+    member.mode = 0o106755
+    assert safe_member(member).mode == 0o100755
 
 
 @pytest.mark.parametrize("name", ["/etc", "/", "x;rm -rf /", "$(reboot)", "-rf", "a", "../mender-db"])
