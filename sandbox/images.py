@@ -25,14 +25,12 @@ from sandbox.engine import REGISTRY_PORT
 from sandbox.home import STANDINS
 from sandbox.processes import SandboxError
 from sandbox.releases import BROKEN_VERSION, MENDER_SERVICES, RUNNABLE_VERSIONS, Release
+from tasks.service_health import INTERNAL_HEALTH_PATHS
 
 INPUTS_LABEL = "org.mender-upgrade.standin-inputs"
 BUSYBOX_BASE = "mender-upgrade-standin/busybox"
 PYTHON_BASE = "mender-upgrade-standin/python313"
 MONGO_VERSIONS = {"mongo:4.4": "4.4.29", "mongo:5.0": "5.0.26"}
-HEALTH_PATHS = {"mender-deployments": "deployments", "mender-device-auth": "devauth",
-                "mender-inventory": "inventory", "mender-useradm": "useradm",
-                "mender-workflows-server": "workflows"}
 
 
 def _digest(*parts: bytes | str | Path) -> str:
@@ -105,19 +103,19 @@ def busybox_rootfs() -> bytes:
 
 
 def _service_dockerfile(service: str, version: str, broken: bool) -> str:
-    health = HEALTH_PATHS.get(service)
+    # Like the real images: no HEALTHCHECK and no health label (the compose files label the
+    # services from 3.0); the health path is the one the real service serves on :8080.
     env = {"STANDIN_SERVICE": service, "MENDER_VERSION": version}
+    health = INTERNAL_HEALTH_PATHS.get(service)
+    if health:
+        env["STANDIN_HEALTH_PATH"] = health
     if service in MENDER_SERVICES or service == "mender-api-gateway":
         env["STANDIN_NEEDS_MONGO"] = "1"
     if broken:
         env["STANDIN_BROKEN"] = "1"
-    lines = [f"FROM {BUSYBOX_BASE}",
-             "ENV " + " ".join(f'{k}="{v}"' for k, v in env.items()),
-             "HEALTHCHECK --interval=2s --timeout=3s --start-period=60s --retries=3 CMD [\"/standin/healthcheck\"]",
-             'ENTRYPOINT ["/standin/service"]']
-    if health:
-        lines.append(f"LABEL mender.healthcheck.path=/api/internal/v1/{health}/health")
-    return "\n".join(lines)
+    return "\n".join([f"FROM {BUSYBOX_BASE}",
+                      "ENV " + " ".join(f'{k}="{v}"' for k, v in env.items()),
+                      'ENTRYPOINT ["/standin/service"]'])
 
 
 def debian_mirror() -> str:

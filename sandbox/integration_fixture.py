@@ -25,6 +25,7 @@ from pathlib import Path
 import git
 
 from sandbox.releases import BROKEN_VERSION, FIXTURE_TAGS, IGNORED_TAGS, MINIO_IMAGE, Release
+from tasks.service_health import INTERNAL_HEALTH_PATHS
 
 # --- what the operator's production setup contains -------------------------------------------
 
@@ -227,7 +228,8 @@ def _backend_service(version: str, name: str, image: str) -> dict[str, object]:
     if name == "mender-workflows-server" and Release(version).nats_image:
         env["WORKFLOWS_NATS_URI"] = _NATS_URL
         depends.append("mender-nats")
-    labels = [f"mender.healthcheck.path=/api/internal/v1/{route}/health"] if name in _HEALTH_CHECKED else []
+    # The real files label the API services with their health path from 3.0 on (2.6/2.7: none).
+    labels = [f"mender.healthcheck.path={INTERNAL_HEALTH_PATHS[name]}"] if v >= (3, 0) else []
     if (2, 7) <= v < (3, 0) and name in _HEALTH_CHECKED:
         labels += _traefik_labels(route)
     svc: dict[str, object] = {
@@ -317,8 +319,9 @@ def _compose_extra(version: str, pin: str) -> str:
     service = {
         "image": f"mendersoftware/{component}:mender-{pin}", "restart": "on-failure",
         "networks": ["mender"], "depends_on": ["mender-mongo"],
-        "labels": [f"mender.healthcheck.path=/api/internal/v1/{component}/health"],
     }
+    if _vkey(version) >= (3, 0):
+        service["labels"] = [f"mender.healthcheck.path={INTERNAL_HEALTH_PATHS[f'mender-{component}']}"]
     return _yaml({"version": "2.1", "services": {f"mender-{component}": service}})
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
+from tasks import service_health
 from tasks.errors import ComposeCommandFailed, HealthGateFailed
 
 PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+GATEWAY_SERVICE = "mender-api-gateway"
 
 
 def run_compose(integration: Path, args: list[str], timeout: float = 600,
@@ -51,10 +53,16 @@ class ServiceState:
     status: str  # running, exited, ...
     health: str | None  # healthy, unhealthy, starting, or None without a healthcheck
     restart_count: int
+    ip: str | None = None  # on the compose network; reachable from the host on Linux
+    health_path: str | None = None  # probed on :8080 (the compose label, else the table)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.status == "running" and self.health in (None, "healthy")
+
+    def describe(self) -> str:
+        return self.status if self.health is None else f"{self.status}/{self.health}"
 
 
 def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[str, ServiceState]:
@@ -63,47 +71,119 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
     for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
         attrs = c.attrs
         service = c.labels.get(SERVICE_LABEL, "?")
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        ip = next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
+        env = dict(e.split("=", 1) for e in attrs["Config"].get("Env") or [] if "=" in e)
         states[service] = ServiceState(
             service=service, container_id=c.id, image=attrs["Config"]["Image"],
             status=attrs["State"]["Status"], health=(attrs["State"].get("Health") or {}).get("Status"),
-            restart_count=attrs.get("RestartCount", 0))
+            restart_count=attrs.get("RestartCount", 0), ip=ip,
+            health_path=service_health.health_path(service, c.labels), env=env)
     return states
+
+
+def _health_targets(states: dict[str, ServiceState], services: list[str]) -> dict[str, tuple[str, str]]:
+    return {s: (states[s].ip or "", states[s].health_path or "") for s in services
+            if s in states and states[s].ok and states[s].health_path}
+
+
+def _smoke(states: dict[str, ServiceState]) -> list[service_health.RouteCheck] | str:
+    """The gateway smoke, or why it cannot be tried (no gateway container or address)."""
+    gateway = states.get(GATEWAY_SERVICE)
+    if gateway is None or not gateway.ok or not gateway.ip:
+        return f"{GATEWAY_SERVICE} is not running with an address"
+    # 3.2+ traefik answers only the names in ALLOWED_HOSTS; older gateways any name.
+    allowed = gateway.env.get("ALLOWED_HOSTS", "").replace('"', "").split(",")[0].strip() or None
+    deployments = states.get("mender-deployments")
+    storage_host, why_not = service_health.storage_host_behind_gateway(deployments.env if deployments else {})
+    return service_health.smoke_gateway(gateway.ip, allowed, storage_host, why_not)
 
 
 @dataclass(frozen=True)
 class HealthResult:
     states: dict[str, ServiceState]
-    healthy_at: float  # time.monotonic() when every service was first healthy (stability window excluded)
+    healthy_at: float  # time.monotonic() when every service first served (stability window excluded)
+    answers: dict[str, service_health.Answer]  # the last health probe of each probed service
+    smoke: list[service_health.RouteCheck]  # empty when the smoke was not asked for
 
 
 def wait_until_healthy(client: docker.DockerClient, services: list[str], *, project: str = PROJECT,
-                       timeout: float = 300, stability_window: float = 20,
-                       poll: float = 0.5) -> HealthResult:
-    """Block until every service runs, is healthy where it has a healthcheck, and stays so
-    (same container, same restart count) for `stability_window` seconds."""
+                       timeout: float = 300, stability_window: float = 20, poll: float = 0.5,
+                       smoke: bool = False) -> HealthResult:
+    """Block until every service runs, is healthy where its image has a healthcheck, answers
+    2xx on its internal health endpoint where it has one, and stays so (same container, same
+    restart count) for `stability_window` seconds; with `smoke`, the gateway must also answer
+    users and devices (`service_health.GATEWAY_ROUTES`)."""
     deadline = time.monotonic() + timeout
     stable_since: float | None = None
+    served_at: float | None = None
     baseline: dict[str, tuple[str, int]] = {}
+    first_seen: dict[str, tuple[str, int]] = {}
+    checks: list[service_health.RouteCheck] | str = []
     while True:
         states = project_states(client, project)
-        ready = all(s in states and states[s].ok for s in services)
+        for s in services:
+            if s in states:
+                first_seen.setdefault(s, (states[s].container_id, states[s].restart_count))
+        running = all(s in states and states[s].ok for s in services)
+        answers = service_health.probe_health(_health_targets(states, services)) if running else {}
+        ready = running and all(a.ok for a in answers.values())
         fingerprint = {s: (states[s].container_id, states[s].restart_count) for s in services if s in states}
         now = time.monotonic()
-        if ready and stable_since is not None and fingerprint == baseline:
-            if now - stable_since >= stability_window:
-                return HealthResult(states, stable_since)
-        elif ready:
+        if not ready or (stable_since is not None and fingerprint != baseline):
+            stable_since, served_at, baseline = (now, None, fingerprint) if ready else (None, None, {})
+        elif stable_since is None:
             stable_since, baseline = now, fingerprint
-            if stability_window <= 0:
-                return HealthResult(states, stable_since)
-        else:
-            stable_since, baseline = None, {}
+        if stable_since is not None and smoke and served_at is None:
+            checks = _smoke(states)
+            if not isinstance(checks, str) and all(c.ok for c in checks):
+                served_at = time.monotonic()
+        if stable_since is not None and (served_at is not None or not smoke) \
+                and now - stable_since >= stability_window:
+            return HealthResult(states, max(stable_since, served_at or stable_since), answers,
+                                checks if isinstance(checks, list) else [])
         if now >= deadline:
-            bad = {s: (f"{states[s].status}/{states[s].health}" if s in states else "missing")
-                   for s in services if s not in states or not states[s].ok}
-            raise HealthGateFailed(f"services not healthy after {timeout:.0f} s: {bad}",
-                                   "see `./run logs <service>` for the failing services")
+            raise HealthGateFailed(_not_serving(timeout, services, states, answers, first_seen, running,
+                                                checks if smoke and stable_since is not None else None),
+                                   "run `./run logs <service>` in the clone's production folder for each service named")
         time.sleep(poll)
+
+
+def _not_serving(timeout: float, services: list[str], states: dict[str, ServiceState],
+                 answers: dict[str, service_health.Answer], first_seen: dict[str, tuple[str, int]], running: bool,
+                 checks: list[service_health.RouteCheck] | str | None) -> str:
+    """The gate's failure: each failing service with what it answered."""
+    lines = []
+    for s in services:
+        st = states.get(s)
+        if st is None:
+            lines.append(f"{s}: no container")
+            continue
+        what = st.describe()
+        cid, restarts = first_seen.get(s, (st.container_id, st.restart_count))
+        if cid != st.container_id:
+            what += ", container replaced during the gate"
+        elif st.restart_count > restarts:
+            what += f", restarted {st.restart_count - restarts} times during the gate"
+        answer = answers.get(s)
+        if answer is not None and not answer.ok:
+            lines.append(f"{s}: {what}; GET http://{st.ip}:{service_health.HEALTH_PORT}{st.health_path} "
+                         f"answered {answer}")
+        elif not st.ok or what != st.describe():
+            lines.append(f"{s}: {what}")
+    if not lines and not running:
+        lines.append("the services kept changing (a container was replaced or restarted)")
+    if isinstance(checks, str):
+        lines.append(f"gateway smoke not tried: {checks}")
+    elif checks:
+        lines += [f"gateway: {c}" for c in checks if not c.ok]
+    if not lines:
+        lines.append("every service serves, but not yet for the whole stability window")
+    failing = [line.split(":", 1)[0] for line in lines if line.split(":", 1)[0] in services]
+    if isinstance(checks, list) and any(not c.ok for c in checks):
+        failing.append(GATEWAY_SERVICE)
+    logs = f"\n  read `./run logs {' '.join(failing)}` for why" if failing else ""
+    return f"services not healthy after {timeout:.0f} s:\n  " + "\n  ".join(lines) + logs
 
 
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
@@ -179,13 +259,14 @@ class CycleReport:
     services: dict[str, str]  # service -> final "status/health (image)"
     downtime_s: float
     step_seconds: dict[str, float]
+    gateway: list[str]  # the smoke's route checks, as read
     kept: list[str]  # services left running: image and configuration unchanged
     gate_s: float = 0.0       # of downtime_s: the health gate's wait until all were healthy
     healthy_at: float = 0.0   # time.monotonic() when every service was first healthy
 
 
 def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
-                     health_timeout: float = 300, stability_window: float = 20,
+                     health_timeout: float = 300, stability_window: float = 20, smoke: bool = True,
                      log=lambda message: None) -> CycleReport:
     """Stop and remove every service that changes (all of Mender's together), create them from
     the new configuration, remove orphans, then the health gate.
@@ -215,11 +296,17 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
         steps[name] = time.monotonic() - t
     t = time.monotonic()
     health = wait_until_healthy(client, services, project=project, timeout=health_timeout,
-                                stability_window=stability_window)
+                                stability_window=stability_window, smoke=smoke)
     steps["health"] = time.monotonic() - t
-    return CycleReport({s: f"{st.status}/{st.health or '-'} ({st.image})" for s, st in health.states.items()},
-                       downtime_s=health.healthy_at - start, step_seconds=steps, kept=plan.keep,
+    return CycleReport({s: _summary(st, health.answers.get(s)) for s, st in health.states.items()},
+                       downtime_s=health.healthy_at - start, step_seconds=steps,
+                       gateway=[str(c) for c in health.smoke], kept=plan.keep,
                        gate_s=health.healthy_at - t, healthy_at=health.healthy_at)
+
+
+def _summary(state: ServiceState, answer: service_health.Answer | None) -> str:
+    served = f", {state.health_path} {answer}" if answer is not None else ""
+    return f"{state.status}/{state.health or '-'}{served} ({state.image})"
 
 
 def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: float = 1) -> None:
@@ -238,7 +325,7 @@ def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: flo
 
 
 def ensure_running(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
-                   health_timeout: float = 300, stability_window: float = 5,
+                   health_timeout: float = 300, stability_window: float = 5, smoke: bool = True,
                    log=lambda message: None) -> list[str]:
     """After a failure before downtime the current version must still serve: start whatever is
     not running (`./run up -d` on the unchanged configuration), then the health gate. Returns
@@ -250,7 +337,8 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     if down:
         log(f"not running: {', '.join(down)}; starting them with ./run up -d")
         run_compose(integration, ["up", "-d"])
-    wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window)
+    wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window,
+                       smoke=smoke)
     return down
 
 

@@ -33,7 +33,7 @@ class RollbackReport:
 
 def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest,
               pre_upgrade_tag: str, *, project: str = PROJECT, health_timeout: float = 300,
-              stability_window: float = 5, log: Callable[[str], None] = print) -> RollbackReport:
+              stability_window: float = 5, smoke: bool = True, log: Callable[[str], None] = print) -> RollbackReport:
     """Reset the branch to `pre_upgrade_tag` (the failed attempt stays under a failed-upgrade/
     tag), bring the old version up, restore this run's verified backup, pass the health gate."""
     repo = git.Repo(integration)
@@ -54,7 +54,8 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
             restore_backup(client, integration, store, manifest, host_id=store.host_id, project=project,
                            health_timeout=health_timeout, stability_window=stability_window, log=log, pins=pins)
         services = compose_services(integration)
-        wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window)
+        wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window,
+                           smoke=smoke)
     except (UpgradeError, git.GitCommandError) as exc:
         raise RollbackFailed(f"rollback to {pre_upgrade_tag} failed: {exc}",
                              f"restore by hand: `git reset --hard {pre_upgrade_tag}`, `./run up -d`, then "

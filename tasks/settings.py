@@ -122,6 +122,8 @@ class UpgradeSettings(BaseModel):
         None, description="services stopped while backing up in quiesce mode; empty: every Mender API service")
     health_timeout_s: float = Field(300, gt=0, le=3600, description="how long to wait for all services to be healthy")
     stability_window_s: float = Field(20, ge=0, le=600, description="services must stay healthy this long")
+    gateway_smoke: bool = Field(True, description="after every service answers its health endpoint, call the "
+                                "gateway (https on 443) as users and devices do: login 401, device auth, storage host")
     cleanup_apply: bool = Field(True, description="delete deviceauth decommissioning leftovers (saved to the backup target first)")
     host_id: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$",
                          description="names this Mender host in locks and history; empty: this machine's hostname")

@@ -174,7 +174,10 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
     logger = get_run_logger()
     report = containers.cycle_containers(_docker(), settings.integration_dir, project=settings.compose_project,
                                          health_timeout=settings.health_timeout_s,
-                                         stability_window=settings.stability_window_s, log=logger.info)
+                                         stability_window=settings.stability_window_s,
+                                         smoke=settings.gateway_smoke, log=logger.info)
+    for check in report.gateway:
+        logger.info(f"gateway: {check}")
     create_table_artifact(key="upgrade-health", description=f"health gate passed; downtime {report.downtime_s:.1f} s",
                           table=[{"service": s, "state": st, "kept running": s in report.kept}
                                  for s, st in sorted(report.services.items())])
@@ -194,7 +197,8 @@ def ensure_running_task(settings: UpgradeSettings) -> list[str]:
     logger = get_run_logger()
     started = containers.ensure_running(_docker(wait_s=120), settings.integration_dir, project=settings.compose_project,
                                         health_timeout=settings.health_timeout_s,
-                                        stability_window=min(settings.stability_window_s, 10), log=logger.warning)
+                                        stability_window=min(settings.stability_window_s, 10),
+                                        smoke=settings.gateway_smoke, log=logger.warning)
     logger.info("every service runs and is healthy" + (f" (started {', '.join(started)})" if started else ""))
     return started
 
@@ -206,6 +210,7 @@ def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgr
     return rollback.roll_back(_docker(wait_s=120), settings.integration_dir, settings.backup_store(), manifest,
                               pre_upgrade_tag, project=settings.compose_project,
                               health_timeout=settings.health_timeout_s,
-                              stability_window=min(settings.stability_window_s, 10), log=logger.warning)
+                              stability_window=min(settings.stability_window_s, 10), smoke=settings.gateway_smoke,
+                              log=logger.warning)
 
 

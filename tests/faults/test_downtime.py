@@ -88,8 +88,10 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
         assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**completed**"], new_version="2.7.2")
 
 
-@pytest.mark.fault(case="new version never healthy", injected=f"target {BROKEN_VERSION}, whose deployments service never gets healthy")
-def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
+@pytest.mark.fault(case="new version runs but does not serve",
+                   injected=f"target {BROKEN_VERSION}: its deployments process stays up \"migrating\", with no "
+                            "healthcheck, and never answers its health endpoint")
+def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbox, fault):
     stack.mark_dirty(sandbox)
     add_broken_release(sandbox.upstream)
     before = take_before(sandbox)
@@ -99,6 +101,12 @@ def test_never_healthy_release_is_rolled_back(prefect_api, sandbox, fault):
     assert state.is_failed()
     report = report_of(run_id)
     fault.did = why_of(report)
+    # What Docker alone shows would pass: same image family, no HEALTHCHECK, the process running.
+    broken_image = sandbox.client.images.get(f"mendersoftware/deployments:mender-{BROKEN_VERSION}")
+    assert broken_image.attrs["Config"].get("Healthcheck") is None
+    assert "mender-deployments: running; GET http://" in report
+    assert "/api/internal/v1/deployments/health answered connection refused" in report
+    assert "./run logs" in report
     assert any(t.name.startswith("failed-upgrade/") for t in git.Repo(sandbox.integration).tags)
     assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4", "not healthy"])
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too

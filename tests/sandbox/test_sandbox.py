@@ -15,6 +15,7 @@ from sandbox import images, stack
 from sandbox.integration_fixture import create_operator_clone
 from sandbox.releases import IGNORED_TAGS, Release, all_fixture_tags
 from tests.sandbox.conftest import mongo_snapshot
+from tasks import service_health
 from tasks.containers import compose_services, project_states, run_compose
 
 pytestmark = pytest.mark.sandbox
@@ -25,10 +26,25 @@ def test_old_stack_healthy_through_the_clones_run(sandbox):
     assert running == set(compose_services(sandbox.integration))
     states = project_states(sandbox.client)
     assert "storage-proxy" in states  # a 2.6 stack still has it
+    probed = []
     for service, image in Release("2.6.4").images().items():
         assert states[service].image == image
         assert states[service].ok, states[service]
-        assert states[service].health == "healthy"  # every stand-in has a HEALTHCHECK
+        if service == "mender-mongo":
+            continue
+        # Like the real images: no Docker health, and 2.6's compose files set no health label...
+        assert states[service].health is None
+        container = sandbox.client.containers.get(states[service].container_id)
+        assert service_health.HEALTH_LABEL not in container.labels
+        # ...yet each API service serves its real internal path on :8080, reachable from the host.
+        path = service_health.INTERNAL_HEALTH_PATHS.get(service)
+        if path:
+            assert states[service].health_path == path
+            answer = service_health.call(states[service].ip, service_health.HEALTH_PORT, path)
+            assert answer.ok, f"{service}: {answer}"
+            probed.append(service)
+    assert sorted(probed) == sorted(Release("2.6.4").images().keys() & service_health.INTERNAL_HEALTH_PATHS.keys())
+    assert len(probed) == 5
 
 
 def test_pull_is_served_by_the_registry_mirror_under_docker_hub_names(sandbox, tmp_path):
