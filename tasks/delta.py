@@ -84,13 +84,6 @@ def compare_listings(before: Listing, after: Listing) -> VolumeDelta:
     return VolumeDelta(changed, removed)
 
 
-def check_removed_path(path: str) -> None:
-    """A path of a removal list (from a manifest: untrusted until checked) stays in its volume."""
-    if not path or "\0" in path or any(part in ("", ".", "..") for part in path.split("/")):
-        raise UnsafeArchive(f"removal list entry {path!r} is empty, absolute or has '.' or '..'",
-                            "refusing to restore this backup; it was not written by mender-upgrade")
-
-
 def merge_digest(base: TarDigest, delta: TarDigest, volume: str, removed: list[str]) -> TarDigest:
     """The digest a volume has after restoring base, the removals, then the delta."""
     gone = {f"{volume}/{p}" for p in removed}
@@ -98,18 +91,3 @@ def merge_digest(base: TarDigest, delta: TarDigest, volume: str, removed: list[s
                      if path not in gone and not _below_any(path, gone)})
     out.files.update(delta.files)
     return out
-
-
-def removal_batches(paths: list[str], root: str, limit: int = 64 * 1024) -> list[list[str]]:
-    """`paths` under `root` in argv-sized batches (well below the kernel's argument limit)."""
-    batches: list[list[str]] = []
-    size = limit
-    for path in paths:
-        check_removed_path(path)
-        full = f"{root}/{path}"
-        if size + len(full) + 1 > limit:
-            batches.append([])
-            size = 0
-        batches[-1].append(full)
-        size += len(full) + 1
-    return batches

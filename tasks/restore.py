@@ -23,12 +23,11 @@ import docker
 from tasks import mongo as mongo_mod
 from tasks.backup import VOLUME, VOLUME_DELTA, BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
 from tasks.containers import PROJECT, project_states, run_compose, wait_until_healthy
-from tasks.delta import check_removed_path, merge_digest, removal_batches
+from tasks.delta import merge_digest
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, Progress
-from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, VOLUME_NAME, InstallationVolumes, IterStream, UnknownVolume,
-                           TarDigest, checked_tar_chunks, digest_tar, helper_container,
-                           restore_volume)
+from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, TarDigest, check_removed_path,
+                           digest_tar, helper_container, restore_volume)
 
 Chunks = Callable[[], Iterator[bytes]]
 
@@ -122,28 +121,9 @@ def restore_volume_object(client: docker.DockerClient, image: str, chunks: Itera
     its removed paths, then writes its entries."""
     hashing = _HashingChunks(chunks, obj, progress)
     with IterStream(iter(hashing)) as stream:
-        if obj.kind == VOLUME_DELTA:
-            apply_volume_delta(client, image, volume or obj.name, obj.removed or [], stream, archive_root=obj.name)
-        else:
-            restore_volume(client, image, volume or obj.name, stream, archive_root=obj.name)
+        restore_volume(client, image, volume or obj.name, stream, archive_root=obj.name,
+                       removed=(obj.removed or []) if obj.kind == VOLUME_DELTA else None)
     hashing.check()
-
-
-def apply_volume_delta(client: docker.DockerClient, image: str, volume: str, removed: list[str], tar_stream,
-                       archive_root: str) -> None:
-    """Remove `removed` (paths below the volume root), then extract the delta tar (entries checked)."""
-    for name in (volume, archive_root):
-        if not VOLUME_NAME.match(name):
-            raise UnknownVolume(f"{name!r} is not a Docker volume name", "nothing was changed")
-    mount = f"{MOUNT_ROOT}/{archive_root}"
-    for batch in removal_batches(removed, mount):
-        client.containers.run(image, entrypoint=["rm"], command=["-rf", "--", *batch], remove=True,
-                              network_mode="none", labels={HELPER_LABEL: "volume"},
-                              volumes={volume: {"bind": mount, "mode": "rw"}})
-    with helper_container(client, image, {volume: mount}, read_only=False) as c:
-        ok = c.put_archive(MOUNT_ROOT, checked_tar_chunks(tar_stream, archive_root))
-    if not ok:
-        raise UpgradeError(f"Docker refused to write the delta archive into volume {volume!r}", "see the dockerd log")
 
 
 def volumes_to_restore(manifest: Manifest, volumes: InstallationVolumes,
