@@ -206,7 +206,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
     report.downtime_s = 0.0
     try:
         quiet.start()
-        steps.stop_writers_task(settings)
+        undo.writers = steps.stop_writers_task(settings)
         backup = steps.finish_backup_task(settings, pre)
         manifest = backup.manifest
         quiet.parts.update(backup.seconds)
@@ -314,6 +314,7 @@ class _Undo:
         self.cleanup = False
         self.first_tag: str | None = None  # the run's first pre-upgrade tag (state before the run)
         self.hop_tag: str | None = None    # the current hop's tag while its merge is not deployed
+        self.writers: list[str] = []       # stopped for the quiet period: started again by the undo
 
     def run(self, why: str) -> None:
         """Branch back to the first pre-upgrade tag, every service running, cleanup undone.
@@ -327,7 +328,13 @@ class _Undo:
                 failed.append(f"branch reset to {self.first_tag}: {exc}")
         try:
             started = steps.ensure_running_task(self.settings)
-            done.append(f"started {', '.join(started)}" if started else "every service still running")
+            others = [s for s in started if s not in self.writers]
+            if others:
+                done.append(f"started {', '.join(others)}")
+            elif not self.writers:
+                done.append("every service still running")
+            if self.writers:
+                done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
                 restored = undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
                                              self.report.run_id)

@@ -113,13 +113,15 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
 
 
 @pytest.mark.fault(case="flow killed with SIGKILL mid-backup, then started again",
-                   injected="`mender-upgrade run` SIGKILLed as its volume upload starts (writers stopped, lock held)")
+                   injected="`mender-upgrade run` SIGKILLed as its database dump upload starts (quiet period: "
+                            "writers stopped, lock held)")
 def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path):
     from prefect.settings import PREFECT_API_URL
     stack.mark_dirty(sandbox)
     before = take_before(sandbox)
     killed: list[subprocess.Popen] = []
-    proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/volumes/"], lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
+    proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/mongo.archive.gz"],
+                                            lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
     settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False, lock_wait_s=2, backup={"endpoint_url": proxy.url})
     data = settings.model_dump(mode="json")
     data["backup"]["secret_access_key"] = sandbox.s3.secret_key
