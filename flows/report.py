@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.approvals import Decision
 
@@ -24,7 +28,10 @@ class RunReport:
     backup: dict = field(default_factory=dict)
     cleanup: dict = field(default_factory=dict)
     steps: dict[str, float] = field(default_factory=dict)
-    downtime_s: float | None = None
+    downtime_s: float | None = None  # the container cycles: first stop until healthy
+    unavailability_s: float | None = None  # the quiet period: first writer stop until healthy
+    unavailability: dict[str, float] = field(default_factory=dict)  # its parts: dump, delta, ..., gate, other
+    estimated_quiet_s: float | None = None  # what the window guard expected
     kept: dict[str, list[str]] = field(default_factory=dict)  # hop -> services its cycle left running
     warnings: list[str] = field(default_factory=list)
 
@@ -42,6 +49,11 @@ class RunReport:
                 lines.append(f"  - `{key}` sha256 `{sha}`")
         if self.cleanup:
             lines.append(f"- deviceauth cleanup: {self.cleanup}")
+        if self.unavailability_s is not None:
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.unavailability.items())
+            lines.append(f"- unavailability: {self.unavailability_s:.1f} s ({parts})")
+        if self.estimated_quiet_s is not None:
+            lines.append(f"- quiet period estimated beforehand: {self.estimated_quiet_s:.1f} s")
         if self.downtime_s is not None:
             lines.append(f"- downtime: {self.downtime_s:.1f} s")
         for hop, kept in self.kept.items():
@@ -54,6 +66,36 @@ class RunReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+UNAVAILABILITY_LINE = re.compile(r"^- unavailability: [0-9.]+ s \((?P<parts>[^)]*)\)$", re.MULTILINE)
+PART = re.compile(r"^(?P<name>[a-z-]+) (?P<seconds>[0-9]+(?:\.[0-9]+)?) s$")
+
+
+def unavailability_parts(markdown: str) -> dict[str, float] | None:
+    """The parts of a report's unavailability line (None when the report has none)."""
+    found = UNAVAILABILITY_LINE.search(markdown or "")
+    if not found:
+        return None
+    parts = {}
+    for item in found["parts"].split(", "):
+        part = PART.match(item)
+        if part:
+            parts[part["name"]] = float(part["seconds"])
+    return parts or None
+
+
+def previous_unavailability(host: str, limit: int = 5) -> list[dict[str, float]]:
+    """The unavailability parts of `host`'s newest reports that measured one (the window guard's
+    history); empty when none is readable."""
+    try:
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[report_key(host)])),
+                                              sort=ArtifactSort.CREATED_DESC, limit=50)
+    except Exception:  # no server history (e.g. a run without API): estimate from the configuration
+        return []
+    found = [p for p in (unavailability_parts(a.data if isinstance(a.data, str) else "") for a in artifacts) if p]
+    return found[:limit]
 
 
 def report_key(host: str) -> str:

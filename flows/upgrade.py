@@ -1,5 +1,6 @@
-"""The upgrade flow: plan -> approval -> verified backup -> cleanup -> per hop (merge, patch,
-config check, pull, [approval], cycle with health gate, FCV) -> report.
+"""The upgrade flow: plan -> review, dry run and pull of every hop -> approvals -> hot pre-copy
+-> one quiet period (writers stopped: dump and volume deltas, cleanup, per hop merge, config
+check, cycle with health gate, FCV) -> report.
 
 Owns approvals, the maintenance window, the host lock and the report; every step is a task
 from `tasks/`. Nothing destructive happens before a verified backup exists; a failure after
@@ -22,7 +23,7 @@ from prefect.states import Cancelled
 from deployments.notifications import emit_rolled_back
 from flows.approvals import ask_approval
 from flows.lock import host_lock
-from flows.report import RunReport, publish
+from flows.report import RunReport, previous_unavailability, publish
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
@@ -31,7 +32,7 @@ from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
 from tasks.staging import StagingNotDone, require_completed_on_staging
 from tasks.versions import PlanRefused, Version, mongo_major
-from tasks.window import WindowClosed, require_time_for_downtime, seconds_left
+from tasks.window import WindowClosed, estimate_quiet_period_s, require_time_for_downtime, seconds_left
 
 
 class UpgradeFailed(UpgradeError):
@@ -155,7 +156,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     try:
         reviews = steps.review_task(settings, plan.current, plan.hops)
         with timed(report, "dry run"):
-            steps.dry_run_task(settings, plan.hops)
+            steps.dry_run_task(settings, plan.hops, pull=True)
     except UpgradeError as exc:
         report.outcome, report.reason = "refused", f"the review and dry run of the merge failed, nothing was changed: {_why(exc)}"
         raise
@@ -168,52 +169,67 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
 
 def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, leftover_count: int,
             poll: int, run_start: datetime):
-    """The destructive part. Before the first container stop, any failure or stop undoes what
-    this run changed (merge, cleanup) and leaves the old version running; after it, a failure
-    rolls back with this run's verified backup."""
+    """The destructive part, in one quiet period. Before it, while the server serves: the
+    downtime approval and a hot pre-copy of every volume. The quiet period runs from the first
+    writer stop until the new version is healthy: dump and volume deltas (the backup), cleanup,
+    merge and configuration update, then the cycle; the writers are not started in between, so
+    nothing is written that a rollback would lose. Before the first cycle any failure or stop
+    undoes what this run changed (merge, cleanup) and starts the writers again; after it, a
+    failure rolls back with this run's verified backup."""
     log = get_run_logger()
     undo = _Undo(settings, report, mongo_url)
+    target = plan.hops[-1]
     try:
-        with timed(report, "backup"):
-            manifest = steps.backup_task(settings, report.run_id)
-        report.backup = {"uri": f"{manifest.target}/{manifest.key}", "objects": len(manifest.objects),
-                         "verified_utc": manifest.verified_utc, "sha256": {o.key: o.sha256 for o in manifest.objects}}
-        if settings.cleanup_apply and leftover_count:
-            undo.cleanup = True  # set first: a cleanup cut short is undone too
-            with timed(report, "cleanup"):
-                report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
+        if settings.approval.approve_before_downtime and not _approve(
+                report, f"downtime-{target.replace('.', '-')}",
+                f"## Downtime for Mender {plan.current} → {target}\nImages are pulled; a hot copy of the volumes, "
+                f"then the writers stop for the quiet period (estimated "
+                f"{settings.window.estimated_downtime_s:.0f} s).", settings, poll, run_start):
+            undo.run(report.reason)
+            return Cancelled(message=report.reason)
+        with timed(report, "pre-copy"):
+            pre = steps.precopy_task(settings, report.run_id)
+        quiet_s = estimate_quiet_period_s(pre.previous_dump_bytes, pre.rate, previous_unavailability(report.host),
+                                          settings.window.estimated_downtime_s)
+        report.estimated_quiet_s = round(quiet_s, 1)
+        require_time_for_downtime(settings.window, run_start, _now(), quiet_s)
+    except WindowClosed as exc:
+        report.outcome, report.reason = "window closed", exc.message
+        return Cancelled(message=exc.message)
     except BaseException as exc:  # a library error or a cancellation too: undo before leaving
         undo.run(_why(exc))
         raise
 
+    quiet = _QuietClock(report)
     cycled = False
     current = plan.current
     report.downtime_s = 0.0
     try:
+        quiet.start()
+        undo.writers = steps.stop_writers_task(settings)
+        backup = steps.finish_backup_task(settings, pre)
+        manifest = backup.manifest
+        quiet.parts.update(backup.seconds)
+        report.backup = {"uri": f"{manifest.target}/{manifest.key}", "objects": len(manifest.objects),
+                         "verified_utc": manifest.verified_utc, "sha256": {o.key: o.sha256 for o in manifest.objects},
+                         "changed_since_pre_copy": backup.changed}
+        if settings.cleanup_apply and leftover_count:
+            undo.cleanup = True  # set first: a cleanup cut short is undone too
+            with timed(report, "cleanup"), quiet.part("cleanup"):
+                report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
         for hop in plan.hops:
-            with timed(report, f"merge {hop}"):
+            with timed(report, f"merge {hop}"), quiet.part("merge"):
                 result = steps.hop_task(settings, current, hop)
             undo.first_tag = undo.first_tag or result.merge.pre_upgrade_tag
             undo.hop_tag = result.merge.pre_upgrade_tag
             report.warnings += result.warnings
-            with timed(report, f"pull {hop}"):
-                steps.pull_task(settings)
             old_mongo, new_mongo = mongo_major(Version.parse(current)), mongo_major(Version.parse(hop))
             if old_mongo != new_mongo:
                 steps.mongo_hop_check_task(settings, old_mongo, new_mongo)
-            if settings.approval.approve_before_downtime and not _approve(
-                    report, f"downtime-{hop.replace('.', '-')}",
-                    f"## Downtime for Mender {current} → {hop}\nImages are pulled; the containers stop next "
-                    f"(estimated {settings.window.estimated_downtime_s:.0f} s).", settings, poll, run_start):
-                break
-            try:
-                require_time_for_downtime(settings.window, run_start, _now())
-            except WindowClosed as exc:
-                report.outcome, report.reason = "window closed", exc.message
-                break
             cycled = True
             with timed(report, f"cycle {hop}"):
                 cycle = steps.cycle_task(settings)
+            quiet.cycled(cycle)
             report.downtime_s += cycle.downtime_s
             report.kept[hop] = cycle.kept
             if old_mongo != new_mongo:
@@ -235,12 +251,6 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {_message(exc)}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
                             "refs/mender-upgrade/failed-upgrade/ for diagnosis") from exc
-    if current != plan.target:  # stopped at a gate or by the window before a hop's downtime
-        if not cycled:
-            undo.run(report.reason)
-        elif undo.hop_tag:
-            reset_branch(settings.integration_dir, undo.hop_tag)
-        return Cancelled(message=report.reason)
     report.outcome = "completed"
     if settings.staging.push_remote:
         try:
@@ -249,6 +259,34 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         except UpgradeError as exc:  # the upgrade succeeded; a failed push is a warning, not a failed run
             report.warnings.append(f"not pushed to {settings.staging.push_remote}: {_why(exc)}")
     return report.to_dict()
+
+
+class _QuietClock:
+    """Unavailability: from the first writer stop until the last cycle's services are healthy,
+    with its parts (dump, delta, cleanup, merge, cycle, gate; `other` is the rest)."""
+
+    def __init__(self, report: RunReport) -> None:
+        self.report, self.parts = report, {}
+        self._start = 0.0
+
+    def start(self) -> None:
+        self._start = time.monotonic()
+
+    @contextmanager
+    def part(self, name: str):
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.parts[name] = self.parts.get(name, 0.0) + time.monotonic() - t
+
+    def cycled(self, cycle) -> None:
+        self.parts["cycle"] = self.parts.get("cycle", 0.0) + cycle.downtime_s - cycle.gate_s
+        self.parts["gate"] = self.parts.get("gate", 0.0) + cycle.gate_s
+        total = cycle.healthy_at - self._start
+        self.report.unavailability_s = round(total, 1)
+        self.report.unavailability = {k: round(v, 1) for k, v in self.parts.items()}
+        self.report.unavailability["other"] = round(max(0.0, total - sum(self.parts.values())), 1)
 
 
 @contextmanager
@@ -276,6 +314,7 @@ class _Undo:
         self.cleanup = False
         self.first_tag: str | None = None  # the run's first pre-upgrade tag (state before the run)
         self.hop_tag: str | None = None    # the current hop's tag while its merge is not deployed
+        self.writers: list[str] = []       # stopped for the quiet period: started again by the undo
 
     def run(self, why: str) -> None:
         """Branch back to the first pre-upgrade tag, every service running, cleanup undone.
@@ -289,7 +328,13 @@ class _Undo:
                 failed.append(f"branch reset to {self.first_tag}: {exc}")
         try:
             started = steps.ensure_running_task(self.settings)
-            done.append(f"started {', '.join(started)}" if started else "every service still running")
+            others = [s for s in started if s not in self.writers]
+            if others:
+                done.append(f"started {', '.join(others)}")
+            elif not self.writers:
+                done.append("every service still running")
+            if self.writers:
+                done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
                 restored = undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
                                              self.report.run_id)

@@ -47,6 +47,7 @@ MONGO_OBJECT = "mongo.archive.gz"
 IN_USE = "in-use"  # in-use/<run id>: the backup a run's rollback depends on (never pruned)
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9-]{1,36}$")
 SIGNATURE_PREFIX = "hmac-sha256:"
+VOLUME, VOLUME_DELTA = "volume", "volume-delta"  # a volume's full archive; what changed since it (tasks/precopy.py)
 # Services that keep running in quiesce mode: the database itself, storage and the edge.
 NON_WRITERS = {"mender-mongo", "minio", "mender-api-gateway", "storage-proxy", "mender-nats", "mender-opensearch"}
 
@@ -81,6 +82,7 @@ class BackupObject:
     compression: str
     encryption: str | None
     version_id: str | None = None  # S3 version written and verified: restores read exactly this
+    removed: list[str] | None = None  # a volume delta's paths (below the volume root) gone since its base
 
 
 @dataclass
@@ -153,16 +155,23 @@ class Manifest:
         for obj in self.objects:
             if obj.kind == "mongo":
                 expected = f"{self.backup_id}/{MONGO_OBJECT}"
-            elif obj.kind == "volume":
+            elif obj.kind in (VOLUME, VOLUME_DELTA):
                 if not VOLUME_NAME.match(str(obj.name)):
                     raise bad(f"volume name {obj.name!r} is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)")
-                expected = f"{self.backup_id}/volumes/{obj.name}.tar"
+                expected = volume_key(self.backup_id, obj.name, delta=obj.kind == VOLUME_DELTA)
             else:
-                raise bad(f"object kind {obj.kind!r} is neither mongo nor volume")
+                raise bad(f"object kind {obj.kind!r} is neither mongo nor volume nor volume-delta")
+            if obj.removed is not None and (obj.kind != VOLUME_DELTA or not isinstance(obj.removed, list)
+                                            or not all(isinstance(p, str) for p in obj.removed)):
+                raise bad(f"object {obj.key!r} has a removal list but is not a volume delta, or the list is not strings")
             if obj.key != expected:
                 raise bad(f"object key {obj.key!r} should be {expected!r}")
             if not isinstance(obj.size, int) or not re.fullmatch(r"[0-9a-f]{64}", str(obj.sha256)):
                 raise bad(f"object {obj.key!r} has no valid size and SHA-256")
+
+
+def volume_key(backup_id: str, volume: str, delta: bool = False) -> str:
+    return f"{backup_id}/volumes/{volume}{'.delta' if delta else ''}.tar"
 
 
 def _sign(body: dict, key: bytes) -> str:
@@ -303,8 +312,8 @@ def create_backup(client: docker.DockerClient, integration: Path, store: BackupS
                                              r.version_id))
         for volume in volumes:
             log(f"archiving volume {volume}")
-            r = stream_volume_to_store(client, image, volume, store, f"{backup_id}/volumes/{volume}.tar", progress)
-            manifest.objects.append(BackupObject(r.key, "volume", volume, r.size, r.sha256, "none", encryption,
+            r = stream_volume_to_store(client, image, volume, store, volume_key(backup_id, volume), progress)
+            manifest.objects.append(BackupObject(r.key, VOLUME, volume, r.size, r.sha256, "none", encryption,
                                                  r.version_id))
     store.put_bytes(manifest.key, manifest.to_json(store.signing_key))
     return manifest
@@ -316,17 +325,24 @@ def backed_up_volumes(client: docker.DockerClient, integration: Path, project: s
     return installation_volumes(client, project, mongo_mod.MONGO_SERVICE, declared)
 
 
-def verify_backup(store: BackupStore, manifest: Manifest, progress: Progress | None = None) -> Manifest:
-    """Read every object back, recompute SHA-256; mark the manifest verified only if all match."""
-    for obj in manifest.objects:
+def verify_backup(store: BackupStore, manifest: Manifest, progress: Progress | None = None,
+                  only: list[BackupObject] | None = None) -> Manifest:
+    """Read every object back (or `only` those, the others verified when they were written),
+    recompute SHA-256; mark the manifest verified only if all match."""
+    verify_objects(store, manifest.objects if only is None else only, progress)
+    manifest.verified_utc = _now()
+    store.put_bytes(manifest.key, manifest.to_json(store.signing_key))
+    return manifest
+
+
+def verify_objects(store: BackupStore, objects: list[BackupObject], progress: Progress | None = None) -> None:
+    """Read each object back by its version and compare size and SHA-256 with what was written."""
+    for obj in objects:
         size, sha = sha256_of_chunks(store.read_chunks(obj.key, obj.version_id), progress)
         if (size, sha) != (obj.size, obj.sha256):
             raise ChecksumMismatch(f"{store.uri}/{obj.key} reads back as {size} bytes sha256 {sha[:12]}…, "
                                    f"written as {obj.size} bytes sha256 {obj.sha256[:12]}…",
                                    "the backup is not usable; check the target's health and run a new backup")
-    manifest.verified_utc = _now()
-    store.put_bytes(manifest.key, manifest.to_json(store.signing_key))
-    return manifest
 
 
 def read_manifest(store: BackupStore, key: str, allow_unsigned: bool = False) -> Manifest:
@@ -392,6 +408,16 @@ def prune_backups(store: BackupStore, keep_last: int) -> list[str]:
     return doomed
 
 
+def clear_leftovers(client: docker.DockerClient, store: BackupStore, log: Callable[[str], None]) -> None:
+    """With the host's upgrade lock held: remove what killed runs left (unfinished uploads,
+    helper containers pinning volumes, in-use marks)."""
+    for key in store.abort_stale_uploads():
+        log(f"removed an unfinished upload of {key} (left by a run that was killed)")
+    for name in remove_stale_helpers(client):
+        log(f"removed the volume helper container {name} (left by a run that was killed)")
+    clear_in_use(store)
+
+
 def ensure_verified_backup(client: docker.DockerClient, integration: Path, store: BackupStore, *,
                            run_id: str | None = None, mode: str = "quiesce", keep_last: int = 5,
                            writers: list[str] | None = None, project: str = PROJECT, holds_lock: bool = False,
@@ -403,11 +429,7 @@ def ensure_verified_backup(client: docker.DockerClient, integration: Path, store
     the new backup is marked in use by `run_id`, so no later prune removes it while it may be needed."""
     store.probe()  # fails before anything is stopped when the target is unreachable or denies us
     if holds_lock:
-        for key in store.abort_stale_uploads():
-            log(f"removed an unfinished upload of {key} (left by a run that was killed)")
-        for name in remove_stale_helpers(client):
-            log(f"removed the volume helper container {name} (left by a run that was killed)")
-        clear_in_use(store)
+        clear_leftovers(client, store, log)
     run_id = run_id or uuid.uuid4().hex
     manifest = create_backup(client, integration, store, run_id, mode=mode,
                              writers=writers, project=project, log=log, progress=progress)

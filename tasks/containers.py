@@ -274,6 +274,8 @@ class CycleReport:
     step_seconds: dict[str, float]
     gateway: list[str]  # the smoke's route checks, as read
     kept: list[str]  # services left running: image and configuration unchanged
+    gate_s: float = 0.0       # of downtime_s: the health gate's wait until all were healthy
+    healthy_at: float = 0.0   # time.monotonic() when every service was first healthy
 
 
 def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
@@ -311,7 +313,8 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
     steps["health"] = time.monotonic() - t
     return CycleReport({s: _summary(st, health.answers.get(s)) for s, st in health.states.items()},
                        downtime_s=health.healthy_at - start, step_seconds=steps,
-                       gateway=[str(c) for c in health.smoke], kept=plan.keep)
+                       gateway=[str(c) for c in health.smoke], kept=plan.keep,
+                       gate_s=health.healthy_at - t, healthy_at=health.healthy_at)
 
 
 def _summary(state: ServiceState, answer: service_health.Answer | None) -> str:

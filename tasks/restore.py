@@ -21,12 +21,13 @@ from typing import Callable, Iterator
 import docker
 
 from tasks import mongo as mongo_mod
-from tasks.backup import BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
+from tasks.backup import VOLUME, VOLUME_DELTA, BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
 from tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
+from tasks.delta import merge_digest
 from tasks.errors import UpgradeError
 from tasks.store import BackupStore, ChecksumMismatch, Progress
-from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, digest_tar, helper_container,
-                           restore_volume)
+from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, TarDigest, check_removed_path,
+                           digest_tar, helper_container, restore_volume)
 
 Chunks = Callable[[], Iterator[bytes]]
 
@@ -77,7 +78,9 @@ def pinned_objects(store: BackupStore, manifest: Manifest, progress: Progress | 
         pins = {obj.key: stack.enter_context(store.pinned(obj.key, obj.version_id)) for obj in manifest.objects}
         for obj in manifest.objects:
             chunks = _HashingChunks(pins[obj.key](), obj, progress)
-            if obj.kind == "volume":
+            for path in obj.removed or []:
+                check_removed_path(path)
+            if obj.kind in (VOLUME, VOLUME_DELTA):
                 digest_tar(IterStream(iter(chunks)), volume=obj.name)
             else:
                 for _ in chunks:
@@ -114,9 +117,12 @@ def mongorestore_from_store(container_id: str, chunks: Iterator[bytes], obj: Bac
 
 def restore_volume_object(client: docker.DockerClient, image: str, chunks: Iterator[bytes], obj: BackupObject,
                           volume: str | None = None, progress: Progress | None = None) -> None:
+    """A full archive replaces the volume's content; a delta (applied after its base) removes
+    its removed paths, then writes its entries."""
     hashing = _HashingChunks(chunks, obj, progress)
     with IterStream(iter(hashing)) as stream:
-        restore_volume(client, image, volume or obj.name, stream, archive_root=obj.name)
+        restore_volume(client, image, volume or obj.name, stream, archive_root=obj.name,
+                       removed=(obj.removed or []) if obj.kind == VOLUME_DELTA else None)
     hashing.check()
 
 
@@ -126,7 +132,7 @@ def volumes_to_restore(manifest: Manifest, volumes: InstallationVolumes,
     (else refused); mongod's data volume is skipped (mongorestore restores the database)."""
     chosen = []
     for obj in manifest.objects:
-        if obj.kind != "volume":
+        if obj.kind not in (VOLUME, VOLUME_DELTA):
             continue
         if obj.name in volumes.mongo_data:
             log(f"skipping volume {obj.name}: it is mongod's data directory; the database is restored by mongorestore")
@@ -230,7 +236,8 @@ def _drill(client: docker.DockerClient, pins: dict[str, Chunks], manifest: Manif
            log: Callable[[str], None]) -> DrillReport:
     tag = uuid.uuid4().hex[:8]
     report = DrillReport(manifest.backup_id, 0, 0)
-    scratch = {o.name: f"mender-upgrade-drill-{tag}-{o.name}" for o in manifest.objects if o.kind == "volume"}
+    scratch = {o.name: f"mender-upgrade-drill-{tag}-{o.name}" for o in manifest.objects if o.kind == VOLUME}
+    expected: dict[str, TarDigest] = {}  # volume -> what it holds once its base and deltas are restored
     labels = {DRILL_LABEL: tag, HELPER_LABEL: "drill"}
     for name in scratch.values():
         client.volumes.create(name, labels=labels)
@@ -250,12 +257,15 @@ def _drill(client: docker.DockerClient, pins: dict[str, Chunks], manifest: Manif
             else:
                 log(f"drill: restoring volume {obj.name} into {scratch[obj.name]}")
                 restore_volume_object(client, image, pins[obj.key](), obj, volume=scratch[obj.name])
-                expected = digest_tar(IterStream(pins[obj.key]()), volume=obj.name)
-                restored = _digest_volume(client, image, scratch[obj.name], obj.name)
-                report.files_checked += len(expected.files)
-                for path in sorted(set(expected.files) | set(restored.files)):
-                    if expected.files.get(path) != restored.files.get(path):
-                        report.differences.append(f"{path}: backup {expected.files.get(path)}, restored {restored.files.get(path)}")
+                digest = digest_tar(IterStream(pins[obj.key]()), volume=obj.name)
+                expected[obj.name] = (merge_digest(expected[obj.name], digest, obj.name, obj.removed or [])
+                                      if obj.kind == VOLUME_DELTA else digest)
+        for name, digest in expected.items():
+            restored = _digest_volume(client, image, scratch[name], name)
+            report.files_checked += len(digest.files)
+            for path in sorted(set(digest.files) | set(restored.files)):
+                if digest.files.get(path) != restored.files.get(path):
+                    report.differences.append(f"{path}: backup {digest.files.get(path)}, restored {restored.files.get(path)}")
     finally:
         container.remove(force=True, v=True)
         for name in scratch.values():

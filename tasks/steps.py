@@ -15,7 +15,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks import backup, containers, mongo, mongo_upgrade, preflight, repository, rollback
+from tasks import backup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
 from tasks.errors import retry_on_transient, typed_outside_errors
 from tasks.settings import UpgradeSettings
 
@@ -62,11 +62,17 @@ def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> lis
 
 @task(name="dry-run-hops", **ONCE)
 @typed_outside_errors
-def dry_run_task(settings: UpgradeSettings, hops: list[str]) -> None:
+def dry_run_task(settings: UpgradeSettings, hops: list[str], pull: bool = False) -> None:
     """Every hop's merge, configuration update and `./run config -q` in a throw-away worktree,
-    so a conflict or a broken prod.yml refuses the run before anything changes."""
-    results = repository.dry_run(repository.open_integration(settings.integration_dir), hops)
-    get_run_logger().info(f"dry run of {len(results)} hop(s): merges and configuration checks pass")
+    so a conflict or a broken prod.yml refuses the run before anything changes. With `pull`,
+    `./run pull` there too: every hop's images arrive while the old version serves."""
+    def check_and_pull(root) -> None:
+        repository.check_compose_config(root)
+        if pull:
+            containers.pull_images(root)
+    results = repository.dry_run(repository.open_integration(settings.integration_dir), hops, check=check_and_pull)
+    get_run_logger().info(f"dry run of {len(results)} hop(s): merges and configuration checks pass"
+                          + ("; images pulled" if pull else ""))
 
 
 @task(name="preflight", **TRANSIENT)
@@ -95,19 +101,46 @@ def _progress_callback(title: str):
     return progress, artifact_id
 
 
-@task(name="backup", **TRANSIENT)
+@task(name="pre-copy", **TRANSIENT)
 @typed_outside_errors
-def backup_task(settings: UpgradeSettings, run_id: str) -> backup.Manifest:
-    logger = get_run_logger()
-    progress, artifact_id = _progress_callback("backup")
-    manifest = backup.ensure_verified_backup(
-        _docker(), settings.integration_dir, settings.backup_store(), run_id=run_id,
-        mode=settings.backup.mode.value, keep_last=settings.backup.keep_last, writers=settings.writer_services,
-        project=settings.compose_project, holds_lock=True, log=logger.info, progress=progress)
-    update_progress_artifact(artifact_id, progress=100.0, description=f"backup {manifest.backup_id} verified")
+def precopy_task(settings: UpgradeSettings, run_id: str) -> precopy.PreCopy:
+    """The hot part of the backup: every volume archived and verified while the server serves."""
+    progress, artifact_id = _progress_callback("pre-copy")
+    pre = precopy.pre_copy(_docker(), settings.integration_dir, settings.backup_store(), run_id,
+                           project=settings.compose_project, holds_lock=True, log=get_run_logger().info,
+                           progress=progress)
+    update_progress_artifact(artifact_id, progress=100.0, description=f"pre-copy of {pre.bytes / 2**20:.0f} MiB "
+                             f"verified ({pre.rate / 2**20:.0f} MiB/s)")
+    return pre
+
+
+@task(name="stop-writers", **ONCE)
+@typed_outside_errors
+def stop_writers_task(settings: UpgradeSettings) -> list[str]:
+    """The quiet period begins: stop the services that write (quiesce mode; none in hot mode).
+    They start again with the cycle, or with the undo of a failure before it."""
+    if settings.backup.mode.value != "quiesce":
+        return []
+    writers = settings.writer_services
+    if writers is None:
+        writers = backup.writer_services(_docker(), settings.compose_project)
+    get_run_logger().info(f"quiet period: stopping the writers {', '.join(writers)}")
+    if writers:
+        containers.run_compose(settings.integration_dir, ["stop", *writers])
+    return writers
+
+
+@task(name="finish-backup", **ONCE)
+@typed_outside_errors
+def finish_backup_task(settings: UpgradeSettings, pre: precopy.PreCopy) -> precopy.QuietBackup:
+    """In the quiet period: dump and volume deltas, verified; the backup then counts."""
+    quiet = precopy.finish_backup(_docker(), settings.integration_dir, settings.backup_store(), pre,
+                                  project=settings.compose_project, keep_last=settings.backup.keep_last,
+                                  holds_lock=True, log=get_run_logger().info)
+    manifest = quiet.manifest
     create_table_artifact(key="upgrade-backup", description=f"verified backup {manifest.target}/{manifest.key}",
                           table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
-    return manifest
+    return quiet
 
 
 @task(name="mongo-url", **TRANSIENT)
@@ -125,12 +158,6 @@ def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopRes
     for warning in result.warnings:
         logger.warning(warning)
     return result
-
-
-@task(name="pull-images", **TRANSIENT)
-@typed_outside_errors
-def pull_task(settings: UpgradeSettings) -> None:
-    containers.pull_images(settings.integration_dir)
 
 
 @task(name="check-mongo-hop", **TRANSIENT)

@@ -266,8 +266,9 @@ def checked_tar_chunks(source: BinaryIO, volume: str) -> Iterator[bytes]:
 
 
 def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_stream: BinaryIO,
-                   archive_root: str | None = None) -> None:
-    """Empty `volume` and fill it from a tar written by `volume_tar_stream` (entries checked).
+                   archive_root: str | None = None, removed: list[str] | None = None) -> None:
+    """Empty `volume` and fill it from a tar written by `volume_tar_stream` (entries checked);
+    with `removed` (a delta), remove just those paths below the volume root instead of all.
 
     `archive_root` is the volume name the archive was taken from, when restoring elsewhere."""
     root = archive_root or volume
@@ -276,15 +277,39 @@ def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_str
             raise UnknownVolume(f"{name!r} is not a Docker volume name", "nothing was changed")
     mount = f"{MOUNT_ROOT}/{root}"
     # argv, never a shell string: no name can become a command.
-    with helper_container(client, image, {volume: mount}, read_only=False,
-                          argv=["find", mount, "-mindepth", "1", "-delete"]) as emptier:
-        emptier.start()
-        status = emptier.wait(timeout=600)
-        if status.get("StatusCode") != 0:
-            output = emptier.logs().decode(errors="replace").strip()[-500:]
-            raise UpgradeError(f"emptying volume {volume!r} before the restore failed "
-                               f"(exit {status.get('StatusCode')}): {output}", "see the dockerd log")
+    commands = ([["find", mount, "-mindepth", "1", "-delete"]] if removed is None
+                else [["rm", "-rf", "--", *batch] for batch in removal_batches(removed, mount)])
+    for argv in commands:
+        with helper_container(client, image, {volume: mount}, read_only=False, argv=argv) as emptier:
+            emptier.start()
+            status = emptier.wait(timeout=600)
+            if status.get("StatusCode") != 0:
+                output = emptier.logs().decode(errors="replace").strip()[-500:]
+                raise UpgradeError(f"clearing volume {volume!r} before the restore failed "
+                                   f"(exit {status.get('StatusCode')}): {output}", "see the dockerd log")
     with helper_container(client, image, {volume: mount}, read_only=False) as c:
         ok = c.put_archive(MOUNT_ROOT, checked_tar_chunks(tar_stream, root))
     if not ok:
         raise UpgradeError(f"Docker refused to write the archive into volume {volume!r}", "see the dockerd log")
+
+
+def check_removed_path(path: str) -> None:
+    """A path of a removal list (from a manifest: untrusted until checked) stays in its volume."""
+    if not path or "\0" in path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise UnsafeArchive(f"removal list entry {path!r} is empty, absolute or has '.' or '..'",
+                            "refusing to restore this backup; it was not written by mender-upgrade")
+
+
+def removal_batches(paths: list[str], root: str, limit: int = 64 * 1024) -> list[list[str]]:
+    """`paths` under `root` in argv-sized batches (well below the kernel's argument limit)."""
+    batches: list[list[str]] = []
+    size = limit
+    for path in paths:
+        check_removed_path(path)
+        full = f"{root}/{path}"
+        if size + len(full) + 1 > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(full)
+        size += len(full) + 1
+    return batches

@@ -25,10 +25,10 @@ from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
 from tasks.repository import FAILED_PREFIX, markers
 from tasks.settings import load_settings
-from tasks.containers import compose_services
+from tasks.containers import compose_services, project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
-from tests.sandbox.conftest import artifact_snapshot
+from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
 from tests.sandbox.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.sandbox
@@ -114,13 +114,15 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
 
 
 @pytest.mark.fault(case="flow killed with SIGKILL mid-backup, then started again",
-                   injected="`mender-upgrade run` SIGKILLed as its volume upload starts (writers stopped, lock held)")
+                   injected="`mender-upgrade run` SIGKILLed as its database dump upload starts (quiet period: "
+                            "writers stopped, lock held)")
 def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path):
     from prefect.settings import PREFECT_API_URL
     stack.mark_dirty(sandbox)
     before = take_before(sandbox)
     killed: list[subprocess.Popen] = []
-    proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/volumes/"], lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
+    proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/mongo.archive.gz"],
+                                            lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
     settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False, lock_wait_s=2, backup={"endpoint_url": proxy.url})
     data = settings.model_dump(mode="json")
     data["backup"]["secret_access_key"] = sandbox.s3.secret_key
@@ -207,3 +209,41 @@ def test_cancellation_mid_cycle_rolls_back(prefect_api, sandbox, fault, tmp_path
     fault.did = why_of(report)
     assert_invariants(sandbox, before, run_backups(sandbox, settings), report,
                       ["**rolled back**", "cancelled", "back on 2.6.4"])
+
+
+@pytest.mark.fault(case="writes during the pre-copy, then a rollback",
+                   injected=f"a device document, a deployment and a 3 MB artifact written while the pre-copy uploads "
+                            f"the artifact volume; target {BROKEN_VERSION}, which never gets healthy")
+def test_writes_during_precopy_survive_a_rollback(prefect_api, sandbox, fault):
+    stack.mark_dirty(sandbox)
+    add_broken_release(sandbox.upstream)
+    before = take_before(sandbox)
+    after_writes: dict = {}
+
+    def write_while_serving() -> None:
+        # The server serves during the pre-copy: what it accepts now must survive a rollback.
+        with sandbox.mongo() as m:
+            m.deviceauth.devices.insert_one({"_id": "authorised-during-pre-copy", "status": "accepted"})
+            m.deployment_service.deployments.insert_one({"_id": "deployed-during-pre-copy", "name": "late"})
+        minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+        assert minio.exec_run(["sh", "-c", "head -c 3000000 /dev/urandom > "
+                               "/export/mender-artifact-storage/uploaded-during-pre-copy.mender"]).exit_code == 0
+        with sandbox.mongo() as m:
+            after_writes["mongo"] = mongo_snapshot(m)
+        after_writes["files"] = artifact_snapshot(sandbox)
+
+    proxy = FaultProxy(S3_PORT, on_request=([b"volumes/mender-artifacts.tar", b"partNumber=1"], write_while_serving))
+    try:
+        settings = flow_settings(sandbox, BROKEN_VERSION, health_timeout_s=25, backup={"endpoint_url": proxy.url})
+        state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
+    finally:
+        proxy.close()
+    assert proxy.on_request is None, "nothing was written during the pre-copy"
+    assert state.is_failed()
+    report = report_of(run_id)
+    fault.did = why_of(report)
+    before.mongo = after_writes["mongo"]  # the database must equal its state after the writes
+    assert_invariants(sandbox, before, run_backups(sandbox, settings), report,
+                      ["**rolled back**", "back on 2.6.4", "not healthy"], run=settings)
+    assert artifact_snapshot(sandbox) == after_writes["files"]
+    assert any(line.endswith("uploaded-during-pre-copy.mender") for line in after_writes["files"])
