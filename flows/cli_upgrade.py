@@ -103,7 +103,8 @@ def register(app: typer.Typer) -> None:
         try:
             settings = read_config(config)
             if to:
-                settings = load_settings(settings.model_dump() | {"target_version": to})
+                # Only what the file set, plus the target: unset fields take the host file's values.
+                settings = load_settings(settings.model_dump(exclude_unset=True) | {"target_version": to})
             with prefect_api():
                 result = run_upgrade(settings, auto_approve=yes)
         except UpgradeError as exc:

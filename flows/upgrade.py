@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
@@ -23,6 +23,7 @@ from flows.report import RunReport, publish
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
+from tasks.host_policy import HostFileUnsafe, ParametersWiden, settings_for_run
 from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
@@ -95,6 +96,7 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     """Upgrade the Mender Server of `settings.integration_dir` to `settings.target_version`."""
     report = RunReport(host=settings.host(), run_id=str(flow_run.id or "local"))
     try:
+        settings = _host_settings(settings, report)
         with host_lock(report.host, settings.lock_wait_s):
             return _upgrade(settings, report, poll_interval_s)
     except UpgradeError as exc:
@@ -104,6 +106,19 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     finally:
         get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
         publish(report)
+
+
+def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSettings:
+    """The host file's settings narrowed by this run's parameters; a refusal is the report's outcome."""
+    try:
+        effective, warnings = settings_for_run(settings, started_through_api=deployment.id is not None)
+    except (ParametersWiden, HostFileUnsafe) as exc:
+        report.host = getattr(exc, "host_id", None) or report.host
+        report.outcome, report.reason = "refused", _why(exc)
+        raise
+    report.host = effective.host()
+    report.warnings += warnings
+    return effective
 
 
 def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):

@@ -183,6 +183,10 @@ class ApprovalPolicy(BaseModel):
     require_approval: bool = Field(True, description="pause for a human after planning, before anything changes")
     approve_before_downtime: bool = Field(False, description="pause again right before the containers stop")
     timeout_minutes: float = Field(60, gt=0, le=7 * 24 * 60, description="an unanswered approval counts as rejected")
+    require_signed: bool = Field(False, description="only an approval signed with an SSH key of the host's "
+                                 "allowed_signers counts (`mender-upgrade approve`); unsigned ones count as rejected")
+    allowed_signers: Path | None = Field(None, description="the host's ssh-keygen allowed_signers file "
+                                         "(host file only: a run may not name its own)")
 
 
 class StagingPolicy(BaseModel):
