@@ -6,11 +6,10 @@ from __future__ import annotations
 import docker
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import deployment
 
+from flows.host_guard import allowed_settings
 from tasks.backup import newest_verified_backup
 from tasks.errors import UpgradeError
-from tasks.host_policy import settings_for_run
 from tasks.mongo import mongo_container
 from tasks.restore import restore_drill
 from tasks.settings import UpgradeSettings
@@ -19,7 +18,7 @@ from tasks.settings import UpgradeSettings
 @flow(name="restore-drill", persist_result=False)
 def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     log = get_run_logger()
-    settings, warnings = settings_for_run(settings, started_through_api=deployment.id is not None)
+    settings, warnings = allowed_settings(settings)
     for warning in warnings:
         log.warning(warning)
     store = settings.backup.open_store()

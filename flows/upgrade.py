@@ -13,17 +13,18 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
 from flows.approvals import ask_approval
+from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, publish
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
-from tasks.host_policy import HostFileUnsafe, ParametersWiden, settings_for_run
+from tasks.host_policy import HostFileUnsafe, ParametersWiden
 from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
@@ -111,7 +112,7 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
 def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSettings:
     """The host file's settings narrowed by this run's parameters; a refusal is the report's outcome."""
     try:
-        effective, warnings = settings_for_run(settings, started_through_api=deployment.id is not None)
+        effective, warnings = allowed_settings(settings)
     except (ParametersWiden, HostFileUnsafe) as exc:
         report.host = getattr(exc, "host_id", None) or report.host
         report.outcome, report.reason = "refused", _why(exc)

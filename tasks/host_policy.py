@@ -40,6 +40,18 @@ class ParametersWiden(UpgradeError):
         self.host_id = host_id  # the host file's id, so the refusal lands in this host's history
 
 
+class SecretInParameters(ParametersWiden):
+    """A secret typed into the run parameters, which the server keeps in clear."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(
+            f"{', '.join(paths)}: a secret typed into the run parameters is refused (the Prefect server "
+            "keeps parameters in clear, for everyone who can read the run; it was blanked there)",
+            "leave it empty and name a Prefect Secret block in backup.secret_block, put the credentials in "
+            "the host file, or give the worker AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment")
+        self.paths = paths
+
+
 class HostPolicy(BaseModel):
     """What the host file holds: the settings a run's parameters may not widen."""
 
@@ -183,11 +195,7 @@ def settings_for_run(run: UpgradeSettings, started_through_api: bool) -> tuple[U
     Run button, a schedule, a worker) needs the host file and may not carry a secret; a run started
     at this host's terminal without a host file keeps its own settings, with a warning."""
     if started_through_api and (secrets := secrets_in_parameters(run)):
-        raise ParametersWiden(
-            f"{', '.join(secrets)}: a secret typed into the run parameters is refused (the Prefect server "
-            "keeps parameters in clear, for everyone who can read the run)",
-            "leave it empty and name a Prefect Secret block in backup.secret_block, put the credentials in "
-            "the host file, or give the worker AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment")
+        raise SecretInParameters(secrets)
     loaded = load_host_policy()
     if loaded is None:
         path, _ = host_file_path()

@@ -41,7 +41,9 @@ class BackupSettings(BaseModel):
     region: str = Field("us-east-1", description="S3 region")
     path_style: bool = Field(True, description="path-style S3 addressing (MinIO, SeaweedFS, Ceph)")
     access_key_id: str | None = Field(None, description="S3 access key; empty: environment or AWS profile")
-    secret_access_key: SecretStr | None = Field(None, description="S3 secret key; empty: environment or AWS profile")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key, for config files and the host "
+                                                "file only: a run started from the UI or API that carries one is "
+                                                "refused; use secret_block, the host file or the worker's environment")
     aws_profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
     secret_block: str | None = Field(None, description="name of a Prefect Secret block holding the S3 secret key")
     object_lock_days: int | None = Field(None, ge=1, le=3650,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.host_policy import (HOST_FILE_ENV, HostFileUnsafe, ParametersWiden, load_host_policy, narrow,
+from tasks.host_policy import (HOST_FILE_ENV, HostFileUnsafe, ParametersWiden, SecretInParameters, load_host_policy, narrow,
                                settings_for_run)
 from tasks.settings import load_settings
 
@@ -142,3 +142,13 @@ def test_without_a_host_file_only_a_local_run_proceeds(monkeypatch):
     assert effective is run and "no host file" in warnings[0]
     with pytest.raises(HostFileUnsafe, match="a run started through the Prefect API"):
         settings_for_run(run, started_through_api=True)
+
+
+def test_a_secret_in_the_parameters_of_an_api_run_is_refused_even_if_it_matches(host_file):
+    run = load_settings({"backup": {"secret_access_key": "host-file-secret-value"}})
+    with pytest.raises(SecretInParameters) as err:
+        settings_for_run(run, started_through_api=True)
+    assert err.value.paths == ["backup.secret_access_key"] and "backup.secret_block" in err.value.hint
+    assert "host-file-secret-value" not in str(err.value)
+    effective, _ = settings_for_run(run, started_through_api=False)  # a config file at the host's terminal
+    assert effective.backup.secret_access_key.get_secret_value() == "host-file-secret-value"
