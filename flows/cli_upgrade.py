@@ -115,12 +115,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def approve(run_id: str, reject: bool = typer.Option(False, "--reject"),
                 comment: str = typer.Option("", "--comment"),
-                approver: str = typer.Option(os.environ.get("USER", "operator"), "--approver")) -> None:
+                approver: str = typer.Option(os.environ.get("USER", "operator"), "--approver"),
+                sign_with: Path = typer.Option(None, "--sign-with", help="SSH private key (or .pub with ssh-agent) "
+                                               "signing the answer; the host checks it against its allowed_signers")) -> None:
         """Approve (or --reject) a run waiting at an approval gate."""
         from flows.runner import approve as answer
         try:
             with prefect_api():
-                state = answer(run_id, not reject, comment, approver)
+                state = answer(run_id, not reject, comment, approver, sign_with)
         except UpgradeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1)

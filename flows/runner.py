@@ -21,6 +21,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import read_flow_run_input
 
 from tasks.errors import UpgradeError
+from tasks.signatures import approval_payload, sign
 
 FLOW_NAME = "upgrade-mender"
 
@@ -57,8 +58,9 @@ def api_healthy(api: str) -> bool:
         return False
 
 
-def approve(run_id: str, approve: bool, comment: str, approver: str) -> str:
-    """Answer a paused run's approval form (what the UI's Resume button does)."""
+def approve(run_id: str, approve: bool, comment: str, approver: str, sign_with: Path | None = None) -> str:
+    """Answer a paused run's approval form (what the UI's Resume button does); with `sign_with`,
+    signed with that SSH key over the form's run id, gate and plan digest."""
     try:
         UUID(run_id)
     except ValueError:
@@ -68,8 +70,24 @@ def approve(run_id: str, approve: bool, comment: str, approver: str) -> str:
         if not run.state or run.state.type.value != "PAUSED":
             raise UpgradeError(f"run {run_id} is {run.state.name if run.state else 'unknown'}, not waiting for approval",
                                "only a paused run can be approved or rejected")
-    result = resume_flow_run(run_id, run_input={"approve": approve, "comment": comment, "approver": approver})
+    form = _form_defaults(run_id, run.state.state_details.run_input_keyset or {})
+    result = resume_flow_run(run_id, run_input=answer_for(form, approve, comment, approver, sign_with))
     return str(getattr(result, "type", result))
+
+
+def _form_defaults(run_id: str, keys: dict) -> dict:
+    """The binding the paused form was filled in with: run_id, gate, plan_digest."""
+    schema = read_flow_run_input(keys["schema"], flow_run_id=UUID(run_id)) if keys.get("schema") else None
+    properties = (schema or {}).get("properties", {})
+    return {name: properties.get(name, {}).get("default", "") for name in ("run_id", "gate", "plan_digest")}
+
+
+def answer_for(form: dict, approve: bool, comment: str, approver: str, sign_with: Path | None = None) -> dict:
+    """The run input answering `form`: its binding repeated, signed when `sign_with` names a key."""
+    answer = form | {"approve": approve, "comment": comment, "approver": approver}
+    if sign_with:
+        answer["signature"] = sign(approval_payload(form["run_id"], form["gate"], form["plan_digest"], approve), sign_with)
+    return answer
 
 
 def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str], tuple[bool, str]],
@@ -91,7 +109,7 @@ def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str]
         except Exception:  # paused before its form was saved (Prefect #11905): next poll
             return
         ok, comment = ask(str(description))
-        resume_flow_run(run_id, run_input={"approve": ok, "comment": comment, "approver": approver})
+        resume_flow_run(run_id, run_input=answer_for(_form_defaults(run_id, keys), ok, comment, approver))
         answered.add(keys.get("response"))
 
     def loop() -> None:

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
-from flows.approvals import ask_approval
+from flows.approvals import Binding, ask_approval
 from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, publish
@@ -28,6 +28,7 @@ from tasks.host_policy import HostFileUnsafe, ParametersWiden
 from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
+from tasks.signatures import plan_digest
 from tasks.staging import StagingNotDone, require_completed_on_staging
 from tasks.versions import PlanRefused, Version, mongo_major
 from tasks.window import WindowClosed, require_time_for_downtime, seconds_left
@@ -77,14 +78,18 @@ def approval_description(report: RunReport, plan, reviews: list[dict], leftovers
         if diff:
             lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",
                       diff[:6000] + ("\n… (truncated)" if len(diff) > 6000 else ""), "```", "</details>"]
-    lines += ["", "Approve to start; reject (with a comment) to end the run with nothing changed."]
+    lines += ["", "Approve to start; reject (with a comment) to end the run with nothing changed.",
+              f"Run `{report.run_id}`, plan digest `{report.plan_digest}` (the answer is bound to both; to sign it: "
+              f"`mender-upgrade approve {report.run_id} --sign-with ~/.ssh/id_ed25519`)."]
     return "\n".join(lines)
 
 
 def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSettings, poll: int, run_start) -> bool:
     left = seconds_left(settings.window, run_start, _now())
     timeout = min(settings.approval.timeout_minutes * 60, left)  # never past the window's end
-    decision = ask_approval(gate, description, timeout, poll)
+    binding = Binding(report.run_id, report.plan_digest, settings.approval.require_signed,
+                      settings.approval.allowed_signers)
+    decision = ask_approval(gate, description, timeout, poll, binding)
     report.approvals.append(decision)
     if not decision.approved:
         report.outcome = decision.outcome
@@ -161,6 +166,8 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     except UpgradeError as exc:
         report.outcome, report.reason = "refused", f"the review and dry run of the merge failed, nothing was changed: {_why(exc)}"
         raise
+    # What an approval binds to: the answer for this run and this plan only.
+    report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r["diff"] for r in reviews])
     if settings.approval.require_approval and not _approve(
             report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
             settings, poll, run_start):
