@@ -18,6 +18,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from tasks.errors import UpgradeError
+from tasks.redaction import parse_error_position
 from tasks.settings import UpgradeSettings, load_settings
 
 console = Console()
@@ -36,8 +37,9 @@ def read_config(path: Path) -> UpgradeSettings:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise UpgradeError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}",
-                           "fix the syntax") from None
+        # The position only: the parser's own message quotes the line, which may hold a secret.
+        raise UpgradeError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                           f"{parse_error_position(exc)}", "fix the syntax") from None
     if not isinstance(data, dict):
         raise UpgradeError(f"config file {path} must hold a mapping of settings", "see `mender-upgrade config-schema`")
     return load_settings(data)

@@ -73,7 +73,10 @@ def approval_description(report: RunReport, plan, reviews: list[dict], leftovers
         for config, changes in review["drift"].items():
             if changes:
                 lines.append(f"Template drift in `{config}`:")
-                lines += [f"- `{c.get('path', c)}`: {c.get('status', '')}" for c in changes[:20]]
+                # Keys and what happens to them, never values: the operator's current value of a
+                # renamed key may be a secret.
+                lines += [f"- `{c['key']}`: {c['status']}" + (f" ({c['note']})" if c.get("note") else "")
+                          for c in changes[:20]]
         diff = review["diff"]
         if diff:
             lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",

@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 
 from tasks.errors import ComposeCommandFailed, HealthGateFailed
+from tasks.redaction import scrub
 
 PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -32,7 +33,7 @@ def run_compose(integration: Path, args: list[str], timeout: float = 600,
         raise ComposeCommandFailed(f"`./run {' '.join(args)}` did not finish within {timeout:.0f} s",
                                    "check `docker info` and the daemon log") from exc
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+        tail = scrub("\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:]))
         raise ComposeCommandFailed(f"`./run {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}",
                                    f"run it by hand in {production} to see the whole output")
     return proc.stdout

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.errors import UpgradeError
+from tasks.redaction import parse_error_position
 from tasks.settings import ApprovalPolicy, BackupSettings, UpgradeSettings
 
 HOST_FILE_ENV = "MENDER_UPGRADE_HOST_FILE"  # another path, for tests and non-standard layouts
@@ -99,20 +100,12 @@ def load_host_policy() -> LoadedPolicy | None:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         # The position only: the message of a TOML error can quote the line, which may hold a secret.
-        raise HostFileUnsafe(f"host file {path} is not valid TOML (line {_line_of(exc)})", "fix its syntax") from None
+        raise HostFileUnsafe(f"host file {path} is not valid TOML: {parse_error_position(exc)}", "fix its syntax") from None
     try:
         return LoadedPolicy(path, HostPolicy.model_validate(data))
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise HostFileUnsafe(f"host file {path} is invalid: {fields}", "fix those fields") from None
-
-
-def _line_of(exc: tomllib.TOMLDecodeError) -> str:
-    lineno = getattr(exc, "lineno", None)  # Python 3.14+; older ones put "(at line N, column M)" in the message
-    if lineno:
-        return str(lineno)
-    text = str(exc)
-    return text[text.rfind("(at line ") + 9:].split(",")[0] if "(at line " in text else "?"
 
 
 # Fields the host file owns outright: a run may repeat the host's value, never change it.

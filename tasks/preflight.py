@@ -13,6 +13,7 @@ import git
 
 from tasks import mongo as mongo_mod
 from tasks.errors import UpgradeError
+from tasks.redaction import scrub
 from tasks.mongo_upgrade import cpu_has_avx
 from tasks.store import BackupStore
 from tasks.versions import UpgradePlan
@@ -43,7 +44,7 @@ def _target_verify_script(integration: Path, tag: str) -> Check:
         Path(f.name).unlink()
     out = (proc.stdout + proc.stderr).strip().splitlines()
     return Check("compose accepted by target", proc.returncode == 0,
-                 f"{tag}'s verify-docker-versions: " + (out[-1] if out else f"exit {proc.returncode}"))
+                 f"{tag}'s verify-docker-versions: " + (scrub(out[-1]) if out else f"exit {proc.returncode}"))
 
 
 def run_preflight(client: docker.DockerClient, integration: Path, store: BackupStore, plan: UpgradePlan,

@@ -6,7 +6,6 @@ Secrets are `SecretStr`: they print as '**********' in logs, reprs and the UI.
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -133,14 +132,6 @@ def load_settings(data: dict) -> UpgradeSettings:
         lines = [_describe(e) for e in exc.errors()]
         raise ConfigInvalid("invalid configuration:\n  " + "\n  ".join(lines),
                             "fix the fields above; `mender-upgrade config-schema` lists every field") from None
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in `text` (for messages built from outside output)."""
-    for secret in secrets:
-        if secret:
-            text = re.sub(re.escape(secret), "**********", text)
-    return text
 
 
 class MaintenanceWindow(BaseModel):
