@@ -44,3 +44,19 @@ def parse_error_position(exc: Exception) -> str:
     first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     # tomllib before 3.14: "Invalid value (at line 3, column 10)" quotes no source text
     return first if "(at line " in first else exc.__class__.__name__
+
+
+# What code from the target release (verify-docker-versions, ./run config -q of the dry run, run
+# before anyone approved that release) may see of our environment: enough for docker-compose.
+_KEPT_NAMES = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "TZ",
+                         "XDG_RUNTIME_DIR", "PYTHONIOENCODING"})
+_KEPT_PREFIXES = ("LC_", "DOCKER_", "COMPOSE_")
+_SECRET_NAME = re.compile(r"AUTH|PASS|TOKEN|SECRET|KEY|CREDENTIAL|SESSION|COOKIE", re.IGNORECASE)
+
+
+def untrusted_environment(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` without anything secret: only the variables docker-compose needs, none whose name
+    says it holds a secret, none whose value carries URL credentials."""
+    return {name: value for name, value in environ.items()
+            if (name in _KEPT_NAMES or name.startswith(_KEPT_PREFIXES)) and not _SECRET_NAME.search(name)
+            and not _URL_CREDENTIALS.search(value)}
