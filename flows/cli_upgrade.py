@@ -27,6 +27,7 @@ WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
 WEBHOOK_HELP = ("POST here when an upgrade run pauses for approval, fails or is rolled back "
                 "(may hold a token: prefer the environment variable)")
 PREFECT_HOME = Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade")) / "prefect"
+LOCAL_PORT = 4200  # the local server's port on 127.0.0.1
 
 
 def read_config(path: Path) -> UpgradeSettings:
@@ -56,14 +57,20 @@ def _ask_at_terminal(description: str) -> tuple[bool, str]:
 def prefect_api():
     """The configured Prefect API, or a local server started for this machine (never an
     ephemeral one: approvals and history must outlive this process)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, PREFECT_UI_URL,
+                                  temporary_settings)
+
+    from flows.runner import ensure_local_server, local_auth_string, require_safe_api
     if PREFECT_API_URL.value():
+        auth = PREFECT_API_AUTH_STRING.value()
+        require_safe_api(PREFECT_API_URL.value(), auth.get_secret_value() if auth else None, PREFECT_API_KEY.value())
         yield PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
         return
-    from flows.runner import ensure_local_server
-    api = ensure_local_server(PREFECT_HOME, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    api = ensure_local_server(PREFECT_HOME, LOCAL_PORT, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     ui = api.removesuffix("/api")
-    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: ui}):
+    # Runs, serve's runner and its flow-run processes inherit these settings: all use the auth string.
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: ui,
+                                     PREFECT_API_AUTH_STRING: local_auth_string(PREFECT_HOME)}):
         yield ui
 
 
@@ -167,7 +174,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
             console.print(f"notifications: paused/failed/rolled-back runs call {redacted(webhook_url)}")
-        serve_all(read_config(config), cron, timezone, webhook_url)
+        with prefect_api():  # the configured API (refused unless loopback or authenticated) or the local one
+            serve_all(read_config(config), cron, timezone, webhook_url)
 
     @app.command()
     def notifications(webhook_url: str = typer.Option(..., "--webhook-url", envvar=WEBHOOK_URL_ENV,
