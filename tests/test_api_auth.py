@@ -4,19 +4,17 @@ the tool's own commands work; something else answering on the port is not taken 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import socket
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import uuid4
 
+import httpx
 import pytest
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
@@ -46,16 +44,9 @@ def local_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 
 
 def _call(api: str, method: str, path: str, auth: str | None = None, body: dict | None = None) -> int:
-    request = urllib.request.Request(f"{api}{path}", method=method,
-                                     data=json.dumps(body or {}).encode() if method != "GET" else None,
-                                     headers={"Content-Type": "application/json"})
-    if auth:
-        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    credentials = tuple(auth.split(":", 1)) if auth else None  # HTTP basic auth is what Prefect checks
+    return httpx.request(method, f"{api}{path}", json=body if method != "GET" else None, auth=credentials,
+                         timeout=10).status_code
 
 
 def test_the_auth_string_is_generated_once_and_kept_0600(local_server):
