@@ -171,3 +171,4 @@ def test_webhook_called_for_crashed_upgrades_and_failed_or_crashed_drills(notifi
     wait_until(lambda: expected <= received(), what=f"webhook calls {expected}, got {received()}")
     crash = next(p for p in notifications.for_run(crashed_upgrade) if p["event"] == "prefect.flow-run.Crashed")
     assert crash["state"] == "Crashed" and crash["state_message"] == "the run's process was killed"
+    assert "secret-token" not in json.dumps(notifications.posts)  # the webhook's own token is never echoed
