@@ -65,9 +65,13 @@ def everything_recorded(run_id: str) -> tuple[int, str]:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         run = client.read_flow_run(UUID(run_id))
         inputs = client.filter_flow_run_input(UUID(run_id), key_prefix="", limit=1000, exclude_keys=set())
-        events = client.read_events(EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"])),
-                                    limit=200)
+        page = client.read_events(EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"])),
+                                  limit=50)  # the API's largest page
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(page.next_page)
+            events += page.events
     parts = [*(entry.message for entry in logs), *(f"{a.data} {a.description}" for a in arts), str(run.parameters),
              (run.state.message or "") if run.state else "", *(i.value for i in inputs),
-             *(event.model_dump_json() for event in events.events)]
+             *(event.model_dump_json() for event in events)]
     return len(logs), "\n".join(parts)
