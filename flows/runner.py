@@ -112,7 +112,12 @@ def ensure_local_server(home: Path, port: int = 4200, log: Callable[[str], None]
     api = f"http://127.0.0.1:{port}/api"
     auth = local_auth_string(home)
     if api_healthy(api):
-        require_protected(api, auth)
+        try:
+            require_protected(api, auth)
+        except ApiNotOurs as exc:
+            raise ApiNotOurs(f"something answers on 127.0.0.1:{port} but it is not this tool's server: {exc.message}",
+                             f"stop it (a server this tool started earlier: `kill -- -$(cat {home / 'server.pid'})`); "
+                             "the next command starts one that requires the auth string") from None
         return api
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth,
