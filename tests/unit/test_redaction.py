@@ -81,13 +81,18 @@ def test_a_yaml_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
 
 
 def test_approval_description_shows_changed_keys_never_values():
-    change = {"key": "services.mender-deployments.environment.DEPLOYMENTS_AWS_AUTH_SECRET_V2", "old_template": None,
-              "new_template": "secret-goes-here", "current": SECRET, "status": "customized",
-              "note": "the new template no longer sets it"}
-    review = {"from": "2.6.4", "to": "2.7.2", "log": [], "removed_services": [], "drift": {"prod.yml": [change]},
+    """A template change renaming a secret-bearing key: the drift carries the operator's current
+    value of the old key; the description names the key and what happens, never a value."""
+    old = "services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: minio-secret-here\n"
+    new = "services:\n  minio:\n    environment:\n      MINIO_ROOT_PASSWORD: minio-secret-here\n"
+    current = f"services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: {SECRET}\n"
+    drift = [c.to_dict() for c in template_drift(current, old, new)]
+    assert any(c["current"] == SECRET for c in drift)  # the value is there to leak
+    review = {"from": "2.6.4", "to": "2.7.2", "log": [], "removed_services": [], "drift": {"prod.yml": drift},
               "diff": ""}
     report = RunReport(host="h", run_id="r", plan_digest="d" * 64)
     text = approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review], {},
                                 load_settings({}))
-    assert "DEPLOYMENTS_AWS_AUTH_SECRET_V2" in text and "customized" in text
-    assert SECRET not in text and "secret-goes-here" not in text and "d" * 64 in text
+    assert "`services.minio.environment.MINIO_SECRET_KEY`: customized (the new template no longer sets it)" in text
+    assert "MINIO_ROOT_PASSWORD" in text
+    assert SECRET not in text and "minio-secret-here" not in text and "d" * 64 in text
