@@ -12,7 +12,9 @@ from tasks.settings import UpgradeSettings
 
 
 def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
-    params = {"settings": settings.model_dump(mode="json", exclude={"backup": {"secret_access_key"}})}
+    # Only what the config file set (unset fields take the host file's values), never the secret.
+    params = {"settings": settings.model_dump(mode="json", exclude_unset=True,
+                                              exclude={"backup": {"secret_access_key"}})}
     host = settings.host()
     scheduled = upgrade_mender.to_deployment(
         name=f"{host}-maintenance-window", schedules=[Cron(cron, timezone=timezone)], parameters=params,

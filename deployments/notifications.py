@@ -1,4 +1,5 @@
-"""Webhook notifications for upgrade runs: paused for approval, failed, rolled back.
+"""Webhook notifications: upgrade runs paused for approval, failed, crashed or rolled back;
+restore drills failed or crashed.
 
 One Prefect automation (server side, so it also covers runs started by workers) calls one
 Webhook block. Both are created or updated by name, so applying them again is harmless.
@@ -22,7 +23,12 @@ WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
 WEBHOOK_BLOCK_NAME = "mender-upgrade-notifications"
 AUTOMATION_NAME = "mender-upgrade-notifications"
 ROLLED_BACK_EVENT = "mender-upgrade.rolled-back"
-NOTIFIED_EVENTS = frozenset({"prefect.flow-run.Paused", "prefect.flow-run.Failed", ROLLED_BACK_EVENT})
+DRILL_FLOW_NAME = "restore-drill"  # flows/drill.py (not imported: it would load docker for this module)
+# Crashed: the run's process died (killed, OOM, host reboot) - as much a failure as Failed. Restore
+# drills never pause nor roll back, so the same events select their failures and crashes.
+NOTIFIED_EVENTS = frozenset({"prefect.flow-run.Paused", "prefect.flow-run.Failed", "prefect.flow-run.Crashed",
+                             ROLLED_BACK_EVENT})
+NOTIFIED_FLOWS = [FLOW_NAME, DRILL_FLOW_NAME]
 
 # Rendered by the server when the action runs. `text` makes it readable by Slack/Teams/Mattermost
 # incoming webhooks as is; the other fields are for machines. `tojson` quotes whatever a state
@@ -64,18 +70,20 @@ def save_webhook_block(url: str) -> UUID:
 
 
 def upgrade_alerts_automation(webhook_block_id: UUID) -> Automation:
-    """Every Paused, Failed and rolled-back event of a run of the upgrade flow calls the webhook."""
+    """Every Paused, Failed, Crashed and rolled-back event of an upgrade run, and every Failed and
+    Crashed restore drill, calls the webhook."""
     return Automation(
         name=AUTOMATION_NAME,
         description=f"POST to the webhook block '{WEBHOOK_BLOCK_NAME}' when an {FLOW_NAME} run waits "
-                    "for approval, fails or is rolled back (managed by `mender-upgrade notifications`)",
+                    f"for approval, fails, crashes or is rolled back, or a {DRILL_FLOW_NAME} run fails or "
+                    "crashes (managed by `mender-upgrade notifications`)",
         trigger=EventTrigger(
             posture=Posture.Reactive,
             expect=set(NOTIFIED_EVENTS),
             match={"prefect.resource.id": "prefect.flow-run.*"},
             # State events carry the flow as a related resource with role "flow" and its name;
             # emit_rolled_back gets the same from the run context it is called in.
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": NOTIFIED_FLOWS},
             for_each={"prefect.resource.id"},  # one counter per run: every event notifies
             threshold=1,
             within=0,

@@ -18,6 +18,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from tasks.errors import UpgradeError
+from tasks.redaction import parse_error_position
 from tasks.settings import UpgradeSettings, load_settings
 
 console = Console()
@@ -26,6 +27,7 @@ WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
 WEBHOOK_HELP = ("POST here when an upgrade run pauses for approval, fails or is rolled back "
                 "(may hold a token: prefer the environment variable)")
 PREFECT_HOME = Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade")) / "prefect"
+LOCAL_PORT = 4200  # the local server's port on 127.0.0.1
 
 
 def read_config(path: Path) -> UpgradeSettings:
@@ -36,8 +38,9 @@ def read_config(path: Path) -> UpgradeSettings:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise UpgradeError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}",
-                           "fix the syntax") from None
+        # The position only: the parser's own message quotes the line, which may hold a secret.
+        raise UpgradeError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+                           f"{parse_error_position(exc)}", "fix the syntax") from None
     if not isinstance(data, dict):
         raise UpgradeError(f"config file {path} must hold a mapping of settings", "see `mender-upgrade config-schema`")
     return load_settings(data)
@@ -54,14 +57,20 @@ def _ask_at_terminal(description: str) -> tuple[bool, str]:
 def prefect_api():
     """The configured Prefect API, or a local server started for this machine (never an
     ephemeral one: approvals and history must outlive this process)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, PREFECT_UI_URL,
+                                  temporary_settings)
+
+    from flows.runner import ensure_local_server, local_auth_string, require_safe_api
     if PREFECT_API_URL.value():
+        auth = PREFECT_API_AUTH_STRING.value()
+        require_safe_api(PREFECT_API_URL.value(), auth.get_secret_value() if auth else None, PREFECT_API_KEY.value())
         yield PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
         return
-    from flows.runner import ensure_local_server
-    api = ensure_local_server(PREFECT_HOME, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    api = ensure_local_server(PREFECT_HOME, LOCAL_PORT, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     ui = api.removesuffix("/api")
-    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: ui}):
+    # Runs, serve's runner and its flow-run processes inherit these settings: all use the auth string.
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: ui,
+                                     PREFECT_API_AUTH_STRING: local_auth_string(PREFECT_HOME)}):
         yield ui
 
 
@@ -103,7 +112,8 @@ def register(app: typer.Typer) -> None:
         try:
             settings = read_config(config)
             if to:
-                settings = load_settings(settings.model_dump() | {"target_version": to})
+                # Only what the file set, plus the target: unset fields take the host file's values.
+                settings = load_settings(settings.model_dump(exclude_unset=True) | {"target_version": to})
             with prefect_api():
                 result = run_upgrade(settings, auto_approve=yes)
         except UpgradeError as exc:
@@ -114,12 +124,14 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def approve(run_id: str, reject: bool = typer.Option(False, "--reject"),
                 comment: str = typer.Option("", "--comment"),
-                approver: str = typer.Option(os.environ.get("USER", "operator"), "--approver")) -> None:
+                approver: str = typer.Option(os.environ.get("USER", "operator"), "--approver"),
+                sign_with: Path = typer.Option(None, "--sign-with", help="SSH private key (or .pub with ssh-agent) "
+                                               "signing the answer; the host checks it against its allowed_signers")) -> None:
         """Approve (or --reject) a run waiting at an approval gate."""
         from flows.runner import approve as answer
         try:
             with prefect_api():
-                state = answer(run_id, not reject, comment, approver)
+                state = answer(run_id, not reject, comment, approver, sign_with)
         except UpgradeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1)
@@ -162,7 +174,8 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
             console.print(f"notifications: paused/failed/rolled-back runs call {redacted(webhook_url)}")
-        serve_all(read_config(config), cron, timezone, webhook_url)
+        with prefect_api():  # the configured API (refused unless loopback or authenticated) or the local one
+            serve_all(read_config(config), cron, timezone, webhook_url)
 
     @app.command()
     def notifications(webhook_url: str = typer.Option(..., "--webhook-url", envvar=WEBHOOK_URL_ENV,

@@ -7,6 +7,7 @@ import docker
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.host_guard import allowed_settings
 from tasks.backup import newest_verified_backup
 from tasks.errors import UpgradeError
 from tasks.mongo import mongo_container
@@ -17,6 +18,9 @@ from tasks.settings import UpgradeSettings
 @flow(name="restore-drill", persist_result=False)
 def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     log = get_run_logger()
+    settings, warnings = allowed_settings(settings)
+    for warning in warnings:
+        log.warning(warning)
     store = settings.backup_store()
     manifest = newest_verified_backup(store)
     client = docker.from_env(timeout=600)

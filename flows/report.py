@@ -25,6 +25,7 @@ class RunReport:
     outcome: str = "running"  # completed, rejected, refused, failed, rolled back
     reason: str = ""
     approvals: list[Decision] = field(default_factory=list)
+    plan_digest: str = ""  # sha256 of the reviewed plan that approvals bind to
     backup: dict = field(default_factory=dict)
     cleanup: dict = field(default_factory=dict)
     steps: dict[str, float] = field(default_factory=dict)
@@ -40,8 +41,12 @@ class RunReport:
                  f"- from **{self.current or '?'}** to **{self.target or '?'}**, hops: {' → '.join(self.hops) or '-'}"]
         if self.reason:
             lines.append(f"- why: {self.reason}")
+        if self.plan_digest:
+            lines.append(f"- plan digest: `{self.plan_digest}`")
         for d in self.approvals:
-            lines.append(f"- approval `{d.gate}`: {d.outcome} by {d.approver or '-'}: {d.comment or '(no comment)'}")
+            verified = f"verified signer **{d.verified_identity}**" if d.verified_identity else "unsigned"
+            lines.append(f"- approval `{d.gate}`: {d.outcome}, typed name {d.approver or '-'} ({verified}): "
+                         f"{d.comment or '(no comment)'}")
         if self.backup:
             lines.append(f"- backup: `{self.backup.get('uri')}` ({self.backup.get('objects')} objects, verified "
                          f"{self.backup.get('verified_utc')})")

@@ -21,15 +21,18 @@ from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
-from flows.approvals import ask_approval
+from flows.approvals import Binding, ask_approval
+from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, previous_unavailability, publish
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
+from tasks.host_policy import HostFileUnsafe, ParametersWiden
 from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.settings import UpgradeSettings
+from tasks.signatures import plan_digest
 from tasks.staging import StagingNotDone, require_completed_on_staging
 from tasks.versions import PlanRefused, Version, mongo_major
 from tasks.window import WindowClosed, estimate_quiet_period_s, require_time_for_downtime, seconds_left
@@ -84,19 +87,26 @@ def approval_description(report: RunReport, plan, reviews: list[dict], leftovers
         for config, changes in review["drift"].items():
             if changes:
                 lines.append(f"Template drift in `{config}`:")
-                lines += [f"- `{c.get('path', c)}`: {c.get('status', '')}" for c in changes[:20]]
+                # Keys and what happens to them, never values: the operator's current value of a
+                # renamed key may be a secret.
+                lines += [f"- `{c['key']}`: {c['status']}" + (f" ({c['note']})" if c.get("note") else "")
+                          for c in changes[:20]]
         diff = review["diff"]
         if diff:
             lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",
                       diff[:6000] + ("\n… (truncated)" if len(diff) > 6000 else ""), "```", "</details>"]
-    lines += ["", "Approve to start; reject (with a comment) to end the run with nothing changed."]
+    lines += ["", "Approve to start; reject (with a comment) to end the run with nothing changed.",
+              f"Run `{report.run_id}`, plan digest `{report.plan_digest}` (the answer is bound to both; to sign it: "
+              f"`mender-upgrade approve {report.run_id} --sign-with ~/.ssh/id_ed25519`)."]
     return "\n".join(lines)
 
 
 def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSettings, poll: int, run_start) -> bool:
     left = seconds_left(settings.window, run_start, _now())
     timeout = min(settings.approval.timeout_minutes * 60, left)  # never past the window's end
-    decision = ask_approval(gate, description, timeout, poll)
+    binding = Binding(report.run_id, report.plan_digest, settings.approval.require_signed,
+                      settings.approval.allowed_signers)
+    decision = ask_approval(gate, description, timeout, poll, binding)
     report.approvals.append(decision)
     if not decision.approved:
         report.outcome = decision.outcome
@@ -109,6 +119,7 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     """Upgrade the Mender Server of `settings.integration_dir` to `settings.target_version`."""
     report = RunReport(host=settings.host(), run_id=str(flow_run.id or "local"))
     try:
+        settings = _host_settings(settings, report)
         with host_lock(report.host, settings.lock_wait_s):
             return _upgrade(settings, report, poll_interval_s)
     except BaseException as exc:  # whatever ends the run, the report says how it ended
@@ -119,6 +130,19 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     finally:
         get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
         publish(report)
+
+
+def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSettings:
+    """The host file's settings narrowed by this run's parameters; a refusal is the report's outcome."""
+    try:
+        effective, warnings = allowed_settings(settings)
+    except (ParametersWiden, HostFileUnsafe) as exc:
+        report.host = getattr(exc, "host_id", None) or report.host
+        report.outcome, report.reason = "refused", _why(exc)
+        raise
+    report.host = effective.host()
+    report.warnings += warnings
+    return effective
 
 
 def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
@@ -160,6 +184,8 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     except UpgradeError as exc:
         report.outcome, report.reason = "refused", f"the review and dry run of the merge failed, nothing was changed: {_why(exc)}"
         raise
+    # What an approval binds to: the answer for this run and this plan only.
+    report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r["diff"] for r in reviews])
     if settings.approval.require_approval and not _approve(
             report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
             settings, poll, run_start):

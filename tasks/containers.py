@@ -16,6 +16,7 @@ import docker
 
 from tasks import service_health
 from tasks.errors import ComposeCommandFailed, HealthGateFailed
+from tasks.redaction import scrub, untrusted_environment
 
 PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -25,17 +26,19 @@ ONEOFF_LABEL = "com.docker.compose.oneoff"  # "True" on `run` containers (compos
 
 
 def run_compose(integration: Path, args: list[str], timeout: float = 600,
-                env: dict[str, str] | None = None) -> str:
-    """Run the operator's own `production/run` with `args`; return its output or raise."""
+                env: dict[str, str] | None = None, untrusted: bool = False) -> str:
+    """Run the operator's own `production/run` with `args`; return its output or raise.
+    `untrusted`: the checkout is a release nobody approved yet, so it sees no secret of ours."""
     production = integration / "production"
+    base = untrusted_environment(dict(os.environ)) if untrusted else os.environ
     try:
         proc = subprocess.run(["./run", *args], cwd=production, capture_output=True, text=True,
-                              timeout=timeout, env=os.environ | (env or {}))
+                              timeout=timeout, env=base | (env or {}))
     except subprocess.TimeoutExpired as exc:
         raise ComposeCommandFailed(f"`./run {' '.join(args)}` did not finish within {timeout:.0f} s",
                                    "check `docker info` and the daemon log") from exc
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+        tail = scrub("\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:]))
         raise ComposeCommandFailed(f"`./run {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}",
                                    f"run it by hand in {production} to see the whole output")
     return proc.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -13,6 +14,7 @@ import git
 
 from tasks import mongo as mongo_mod
 from tasks.errors import UpgradeError
+from tasks.redaction import scrub, untrusted_environment
 from tasks.mongo_upgrade import cpu_has_avx
 from tasks.store import BackupStore
 from tasks.versions import UpgradePlan
@@ -38,12 +40,14 @@ def _target_verify_script(integration: Path, tag: str) -> Check:
     with tempfile.NamedTemporaryFile("w", suffix="-verify-docker-versions", delete=False) as f:
         f.write(script + "\n")
     try:
-        proc = subprocess.run(["bash", f.name], capture_output=True, text=True, timeout=60)
+        # The target release's script, run before anyone approved that release: no secret of ours.
+        proc = subprocess.run(["bash", f.name], capture_output=True, text=True, timeout=60,
+                              env=untrusted_environment(dict(os.environ)))
     finally:
         Path(f.name).unlink()
     out = (proc.stdout + proc.stderr).strip().splitlines()
     return Check("compose accepted by target", proc.returncode == 0,
-                 f"{tag}'s verify-docker-versions: " + (out[-1] if out else f"exit {proc.returncode}"))
+                 f"{tag}'s verify-docker-versions: " + (scrub(out[-1]) if out else f"exit {proc.returncode}"))
 
 
 def run_preflight(client: docker.DockerClient, integration: Path, store: BackupStore, plan: UpgradePlan,

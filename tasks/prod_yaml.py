@@ -28,6 +28,7 @@ from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from tasks.errors import UpgradeError
+from tasks.redaction import parse_error_position
 
 STORAGE_PLACEHOLDER = "set-my-alias-here.com"
 GATEWAY_PLACEHOLDER = "my-gateway-dns-name"
@@ -78,7 +79,8 @@ def _load(text: str, what: str = "prod.yml") -> CommentedMap:
     try:
         root = YAML().load(text)
     except YAMLError as exc:
-        raise ProdYamlError(f"{what} is not valid YAML: {exc}", f"fix {what} by hand, then retry") from None
+        raise ProdYamlError(f"{what} is not valid YAML: {parse_error_position(exc)}",
+                            f"fix {what} by hand, then retry") from None
     if not isinstance(root, CommentedMap):
         raise ProdYamlError(f"{what} is not a YAML mapping", f"fix {what} by hand, then retry")
     return root

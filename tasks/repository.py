@@ -32,6 +32,7 @@ from tasks.errors import TransientError, UpgradeError
 from tasks.prod_yaml import (MISSING, TemplateChange, allow_storage_host, carry_template_changes, find_storage_alias,
                              patch_storage_alias,
                              template_drift)
+from tasks.redaction import scrub
 from tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
 
 PRODUCTION_BRANCH = "production"
@@ -172,7 +173,7 @@ def _git(repo: git.Repo, *args: str, env: dict[str, str] | None = None, stdin: P
         with stdin.open("rb") as handle:
             return repo.git.execute(["git", *args], env=env, istream=handle, kill_after_timeout=timeout)
     except GitCommandError as exc:
-        detail = (exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n ")
+        detail = scrub((exc.stderr or exc.stdout or "").strip().removeprefix("stderr: ").strip("'\n "))
         raise GitFailed(f"`git {' '.join(args[:3])}` failed: {detail}",
                         f"run it by hand in {repo.working_tree_dir} to see why") from None
 
@@ -295,7 +296,7 @@ def fetch_tags(repo: git.Repo) -> None:
     try:
         _git(repo, "fetch", "--tags", "--quiet", "origin", timeout=FETCH_TIMEOUT_S)
     except GitFailed as exc:
-        raise OriginUnreachable(f"origin ({repo.remotes.origin.url}) did not answer `git fetch --tags`: "
+        raise OriginUnreachable(f"origin ({scrub(repo.remotes.origin.url)}) did not answer `git fetch --tags`: "
                                 f"{exc.message}", "check the network and the remote URL, then retry") from None
 
 
@@ -650,8 +651,9 @@ def _allowed_hosts_message(new: str, alias: str) -> str:
 
 
 def check_compose_config(root: Path) -> None:
-    """`./run config -q`: the compose files and the operator's overrides form a valid project."""
-    run_compose(root, ["config", "-q"], timeout=120)
+    """`./run config -q`: the compose files and the operator's overrides form a valid project.
+    The target release's ./run runs here before the approval (dry run): it sees no secret of ours."""
+    run_compose(root, ["config", "-q"], timeout=120, untrusted=True)
 
 
 # --- hops ------------------------------------------------------------------------------------
@@ -784,13 +786,13 @@ def push_to_company_remote(integration_dir: Path, remote: str, branch: str | Non
     results = _push_lines(out)
     if any(flag == REJECTED for flag, _, _ in results):
         # With --atomic every other ref is refused too ("atomic push failed"); name only the causes.
-        causes = [f"{ref}: {summary}" for flag, ref, summary in results
-                  if flag == REJECTED and "atomic push failed" not in summary] or [err.strip()]
+        causes = [scrub(f"{ref}: {summary}") for flag, ref, summary in results
+                  if flag == REJECTED and "atomic push failed" not in summary] or [scrub(err.strip())]
         raise PushRejected(f"{remote} refused the push (nothing was pushed):\n  " + "\n  ".join(causes),
                            f"{remote} has commits or tags this clone does not: fetch and look "
                            f"(git fetch {remote}; git log {branch}..{remote}/{branch}); never force-push "
                            "over another host's history (use a branch per host)")
     if status != 0:
-        raise RemoteUnreachable(f"`git push {remote}` failed: {(err or out).strip()}",
+        raise RemoteUnreachable(f"`git push {remote}` failed: {scrub((err or out).strip())}",
                                 f"check the remote's URL and credentials (git remote -v; git push {remote} by hand)")
     return [ref for flag, ref, _ in results if flag != UP_TO_DATE]

@@ -48,7 +48,9 @@ class BackupSettings(BaseModel):
     region: str = Field("us-east-1", description="S3 region")
     path_style: bool = Field(True, description="path-style S3 addressing (MinIO, SeaweedFS, Ceph)")
     access_key_id: str | None = Field(None, description="S3 access key; empty: environment or AWS profile")
-    secret_access_key: SecretStr | None = Field(None, description="S3 secret key; empty: environment or AWS profile")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key, for config files and the host "
+                                                "file only: a run started from the UI or API that carries one is "
+                                                "refused; use secret_block, the host file or the worker's environment")
     aws_profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
     secret_block: str | None = Field(None, description="name of a Prefect Secret block holding the S3 secret key")
     object_lock_days: int | None = Field(None, ge=1, le=3650,
@@ -163,14 +165,6 @@ def load_settings(data: dict) -> UpgradeSettings:
                             "fix the fields above; `mender-upgrade config-schema` lists every field") from None
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in `text` (for messages built from outside output)."""
-    for secret in secrets:
-        if secret:
-            text = re.sub(re.escape(secret), "**********", text)
-    return text
-
-
 class MaintenanceWindow(BaseModel):
     """When downtime may happen. Empty start: the window opens when the run starts."""
 
@@ -213,6 +207,10 @@ class ApprovalPolicy(BaseModel):
     require_approval: bool = Field(True, description="pause for a human after planning, before anything changes")
     approve_before_downtime: bool = Field(False, description="pause again right before the containers stop")
     timeout_minutes: float = Field(60, gt=0, le=7 * 24 * 60, description="an unanswered approval counts as rejected")
+    require_signed: bool = Field(False, description="only an approval signed with an SSH key of the host's "
+                                 "allowed_signers counts (`mender-upgrade approve`); unsigned ones count as rejected")
+    allowed_signers: Path | None = Field(None, description="the host's ssh-keygen allowed_signers file "
+                                         "(host file only: a run may not name its own)")
 
 
 class StagingPolicy(BaseModel):

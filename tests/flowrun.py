@@ -10,6 +10,7 @@ from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                             FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
+from prefect.events.filters import EventAnyResourceFilter, EventFilter
 
 from flows.cli_upgrade import demo_settings
 from flows.runner import terminal_approver
@@ -57,11 +58,20 @@ def report_of(run_id: str) -> str:
 
 
 def everything_recorded(run_id: str) -> tuple[int, str]:
-    """(log line count, text of every log line, artifact, state message and stored parameter) of a run."""
+    """(log line count, text of every log line, artifact, state message, stored parameter, run
+    input (approval forms and answers) and event about the run) of a run."""
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         run = client.read_flow_run(UUID(run_id))
+        inputs = client.filter_flow_run_input(UUID(run_id), key_prefix="", limit=1000, exclude_keys=set())
+        page = client.read_events(EventFilter(any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{run_id}"])),
+                                  limit=50)  # the API's largest page
+        events = list(page.events)
+        while page.next_page:
+            page = client.read_events_page(page.next_page)
+            events += page.events
     parts = [*(entry.message for entry in logs), *(f"{a.data} {a.description}" for a in arts), str(run.parameters),
-             (run.state.message or "") if run.state else ""]
+             (run.state.message or "") if run.state else "", *(i.value for i in inputs),
+             *(event.model_dump_json() for event in events)]
     return len(logs), "\n".join(parts)

@@ -101,6 +101,11 @@ def upgrade_rolled_back() -> None:
     raise RuntimeError("upgrade to 2.7.2 failed and was rolled back")
 
 
+@flow(name="restore-drill")
+def drill_fails() -> None:
+    raise RuntimeError("restore drill found 3 differences")
+
+
 @flow(name="some-other-flow")
 def other_flow_pauses_and_fails() -> None:
     pause_flow_run(timeout=2, poll_interval=1)
@@ -139,3 +144,31 @@ def test_webhook_called_for_pause_failure_and_rollback_of_upgrade_runs_only(noti
     states = {(p["flow_run_id"], p["event"]): p["state"] for p in notifications.posts}
     assert states[paused, "prefect.flow-run.Paused"] == "Paused"
     assert states[failed, "prefect.flow-run.Failed"] == "Failed"
+
+
+def _crashed_run(flow_obj) -> str:
+    """A run of `flow_obj` whose process died: Running, then Crashed as Prefect records a dead
+    process (what `mender-upgrade unlock --force` and the server's crash detection do)."""
+    from prefect.states import Crashed, Running
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(flow_obj)
+        client.set_flow_run_state(run.id, Running(), force=True)
+        client.set_flow_run_state(run.id, Crashed(message="the run's process was killed"), force=True)
+    return str(run.id)
+
+
+def test_webhook_called_for_crashed_upgrades_and_failed_or_crashed_drills(notifications: Receiver) -> None:
+    crashed_upgrade = _crashed_run(upgrade_fails)
+    failed_drill = run_id_of(drill_fails(return_state=True))
+    crashed_drill = _crashed_run(drill_fails)
+    expected = {(crashed_upgrade, "prefect.flow-run.Crashed", "upgrade-mender"),
+                (failed_drill, "prefect.flow-run.Failed", "restore-drill"),
+                (crashed_drill, "prefect.flow-run.Crashed", "restore-drill")}
+
+    def received() -> set[tuple[str, str, str]]:
+        return {(p["flow_run_id"], p["event"], p["flow"]) for p in notifications.posts}
+
+    wait_until(lambda: expected <= received(), what=f"webhook calls {expected}, got {received()}")
+    crash = next(p for p in notifications.for_run(crashed_upgrade) if p["event"] == "prefect.flow-run.Crashed")
+    assert crash["state"] == "Crashed" and crash["state_message"] == "the run's process was killed"
+    assert "secret-token" not in json.dumps(notifications.posts)  # the webhook's own token is never echoed

@@ -20,12 +20,23 @@ pytestmark = [pytest.mark.browser, pytest.mark.sandbox]
 UI = "http://127.0.0.1:4200"
 
 
-def _paused_upgrade_run(deadline: float) -> str:
+def _auth_string(home: Path, deadline: float) -> str:
+    """The demo's local server's auth string (written 0600 under its home on first start)."""
+    path = home / "prefect" / "api-auth-string"
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the demo never wrote {path}")
+        time.sleep(0.5)
+    time.sleep(0.5)  # written in one go right after creation
+    return path.read_text().strip()
+
+
+def _paused_upgrade_run(deadline: float, auth: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: f"{UI}/api"}):
+    with temporary_settings({PREFECT_API_URL: f"{UI}/api", PREFECT_API_AUTH_STRING: auth}):
         while time.monotonic() < deadline:
             try:
                 with get_client(sync_client=True) as client:
@@ -51,9 +62,11 @@ def test_demo_is_approved_in_the_ui_and_completes(sandbox, tmp_path):
     demo = subprocess.Popen([str(cli), "demo"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        run_id = _paused_upgrade_run(time.monotonic() + 600)
+        deadline = time.monotonic() + 600
+        auth = _auth_string(home, deadline)
+        run_id = _paused_upgrade_run(deadline, auth)
         approve_in_browser(UI, run_id, approver="operator@example.com", comment="approved in the browser",
-                           screenshot=tmp_path / "demo-approval.png")
+                           screenshot=tmp_path / "demo-approval.png", auth_string=auth)
         output, _ = demo.communicate(timeout=600)
     finally:
         if demo.poll() is None:
@@ -65,5 +78,6 @@ def test_demo_is_approved_in_the_ui_and_completes(sandbox, tmp_path):
     text = " ".join(output.split())
     assert demo.returncode == 0, output[-3000:]
     assert "approvals: answer in the Prefect UI" in text
-    assert "completed" in text and "approved by operator@example.com: approved in the browser" in text, output[-3000:]
+    assert "completed" in text and "approved, typed name operator@example.com (unsigned): approved in the browser" \
+        in text, output[-3000:]
     assert "2.7.2" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ class UiError(RuntimeError):
 
 
 def approve_in_browser(ui_url: str, flow_run_id: str, approver: str, comment: str,
-                       screenshot: Path | None = None) -> None:
+                       screenshot: Path | None = None, auth_string: str | None = None) -> None:
     """Open the run's page, press Resume, approve with `comment` and `approver`, Submit, and wait for
     the dialog to close. `screenshot` gets the filled form; on failure `<stem>-failure.png` (or a temp
     file) gets the page and its path is in the error."""
@@ -31,6 +32,8 @@ def approve_in_browser(ui_url: str, flow_run_id: str, approver: str, comment: st
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                                         headless=True, viewport={"width": 1400, "height": 1000})
+        if auth_string:  # what the UI's login page stores once the person typed the auth string
+            context.add_init_script(f"localStorage.setItem('prefect-password', btoa({json.dumps(auth_string)}))")
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         step = "open the run page"

@@ -1,0 +1,85 @@
+"""Approvals bound to the run and plan, signed with real SSH keys, through a real pause on the
+session's Prefect test server (no Docker): the CLI's `approve` path answers the paused form."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import resume_flow_run
+from prefect.runtime import flow_run
+
+from flows.approvals import Binding, ask_approval
+from flows.runner import _form_defaults, answer_for, approve
+from tasks.signatures import plan_digest
+from tests.unit.test_signatures import keys  # noqa: F401 (fixture)
+
+DIGEST = plan_digest("probe-host", "2.6.4", "2.7.2", ["2.7.2"], ["diff"])
+
+
+@flow(name="approval-probe", persist_result=False)
+def approval_probe(require_signed: bool, allowed_signers: str) -> dict:
+    binding = Binding(str(flow_run.id), DIGEST, require_signed, Path(allowed_signers))
+    return vars(ask_approval("plan", "## probe", 60, 1, binding))
+
+
+def _paused_run_id(known: set[str], timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            for run in client.read_flow_runs(limit=20):
+                keys = (run.state.state_details.run_input_keyset or {}) if run.state else {}
+                if (run.state and run.state.type.value == "PAUSED" and str(run.id) not in known
+                        and keys.get("schema")):
+                    return str(run.id)
+        time.sleep(0.3)
+    raise AssertionError("no paused approval-probe run")
+
+
+def _run_answered_by(answer, require_signed: bool, signers: Path) -> dict:
+    """Run the probe; `answer(run_id)` answers its form from another thread."""
+    with get_client(sync_client=True) as client:
+        known = {str(r.id) for r in client.read_flow_runs(limit=200)}
+    thread = threading.Thread(target=lambda: answer(_paused_run_id(known)), daemon=True)
+    thread.start()
+    result = approval_probe(require_signed, str(signers))
+    thread.join(10)
+    return result
+
+
+def test_a_signed_approval_is_verified_and_cannot_be_replayed(prefect_api, keys):  # noqa: F811
+    first: dict = {}
+
+    def sign_and_keep(run_id: str) -> None:
+        with get_client(sync_client=True) as client:
+            keyset = client.read_flow_run(UUID(run_id)).state.state_details.run_input_keyset
+        first.update(answer_for(_form_defaults(run_id, keyset), True, "reviewed", "alice", keys["alice"]))
+        approve(run_id, True, "reviewed", "alice", sign_with=keys["alice"])
+
+    decision = _run_answered_by(sign_and_keep, True, keys["signers"])
+    assert (decision["outcome"], decision["verified_identity"], decision["approver"]) == ("approved", "alice@example.com", "alice")
+
+    # The same signed answer, replayed on another run waiting for the same plan.
+    replayed = _run_answered_by(lambda run_id: resume_flow_run(run_id, run_input=first), True, keys["signers"])
+    assert replayed["outcome"] == "refused" and not replayed["approved"]
+    assert first["run_id"] in replayed["comment"] and "replayed" in replayed["comment"]
+
+    # The replay with this run's id written over it: the signature no longer matches.
+    forged = _run_answered_by(lambda run_id: resume_flow_run(run_id, run_input=first | {"run_id": run_id}),
+                              True, keys["signers"])
+    assert forged["outcome"] == "refused" and "does not match this run's payload" in forged["comment"]
+
+
+def test_unsigned_and_unknown_key_answers_count_as_rejected(prefect_api, keys):  # noqa: F811
+    unsigned = _run_answered_by(lambda run_id: approve(run_id, True, "", "root"), True, keys["signers"])
+    assert unsigned["outcome"] == "refused" and "require_signed" in unsigned["comment"]
+    by_mallory = _run_answered_by(lambda run_id: approve(run_id, True, "", "alice", sign_with=keys["mallory"]),
+                                  True, keys["signers"])
+    assert by_mallory["outcome"] == "refused" and "not from a key in" in by_mallory["comment"]
+    assert by_mallory["verified_identity"] == ""
+    typed = _run_answered_by(lambda run_id: approve(run_id, True, "ok", "bob"), False, keys["signers"])
+    assert (typed["outcome"], typed["approver"], typed["verified_identity"]) == ("approved", "bob", "")
