@@ -86,9 +86,12 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
     return states
 
 
-def _health_targets(states: dict[str, ServiceState], services: list[str]) -> dict[str, tuple[str, str]]:
-    return {s: (states[s].ip or "", states[s].health_path or "") for s in services
-            if s in states and states[s].ok and states[s].health_path}
+def _probe(states: dict[str, ServiceState], services: list[str]) -> dict[str, service_health.Answer]:
+    """Each running service's health endpoint (a container with no address fails unasked)."""
+    probed = [s for s in services if s in states and states[s].ok and states[s].health_path]
+    answers = service_health.probe_health({s: (states[s].ip, states[s].health_path) for s in probed if states[s].ip})
+    return answers | {s: service_health.Answer(None, "no address on the compose network", 0.0)
+                      for s in probed if not states[s].ip}
 
 
 def _smoke(states: dict[str, ServiceState]) -> list[service_health.RouteCheck] | str:
@@ -140,7 +143,7 @@ def wait_until_healthy(client: docker.DockerClient, services: list[str], *, proj
             if s in states:
                 first_seen.setdefault(s, (states[s].container_id, states[s].restart_count))
         running = all(s in states and states[s].ok for s in services)
-        answers = service_health.probe_health(_health_targets(states, services)) if running else {}
+        answers = _probe(states, services) if running else {}
         ready = running and all(a.ok for a in answers.values())
         fingerprint = {s: (states[s].container_id, states[s].restart_count) for s in services if s in states}
         now = time.monotonic()
@@ -157,14 +160,14 @@ def wait_until_healthy(client: docker.DockerClient, services: list[str], *, proj
             return HealthResult(states, max(stable_since, served_at or stable_since), answers,
                                 checks if isinstance(checks, list) else [])
         if now >= deadline:
-            raise HealthGateFailed(_not_serving(timeout, services, states, answers, first_seen, running,
+            raise HealthGateFailed(_not_serving(timeout, services, states, answers, first_seen,
                                                 checks if smoke and stable_since is not None else None),
                                    "run `./run logs <service>` in the clone's production folder for each service named")
         time.sleep(poll)
 
 
 def _not_serving(timeout: float, services: list[str], states: dict[str, ServiceState],
-                 answers: dict[str, service_health.Answer], first_seen: dict[str, tuple[str, int]], running: bool,
+                 answers: dict[str, service_health.Answer], first_seen: dict[str, tuple[str, int]],
                  checks: list[service_health.RouteCheck] | str | None) -> str:
     """The gate's failure: each failing service with what it answered."""
     lines = []
@@ -185,8 +188,6 @@ def _not_serving(timeout: float, services: list[str], states: dict[str, ServiceS
                          f"answered {answer}")
         elif not st.ok or what != st.describe():
             lines.append(f"{s}: {what}")
-    if not lines and not running:
-        lines.append("the services kept changing (a container was replaced or restarted)")
     if isinstance(checks, str):
         lines.append(f"gateway smoke not tried: {checks}")
     elif checks:
@@ -272,7 +273,7 @@ def local_image_ids(client: docker.DockerClient, names: set[str]) -> dict[str, s
 
 @dataclass
 class CycleReport:
-    services: dict[str, str]  # service -> final "status/health (image)"
+    services: dict[str, str]  # service -> final "status/health, health path answer (image)"
     downtime_s: float
     step_seconds: dict[str, float]
     gateway: list[str]  # the smoke's route checks, as read

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tasks import service_health as sh
-from tasks.containers import ServiceState, _not_serving
+from tasks.containers import ServiceState, _not_serving, _probe
 
 
 @pytest.mark.parametrize("service, labels, expected", [
@@ -82,7 +82,7 @@ def test_failure_message_names_each_failing_service_with_its_answer():
     answers = {"mender-deployments": sh.Answer(None, "connection refused", 0.001),
                "mender-useradm": sh.Answer(200, None, 0.002)}
     first_seen = {"mender-inventory": ("c1", 1)}
-    message = _not_serving(25, [*states, "mender-gui"], states, answers, first_seen, False, None)
+    message = _not_serving(25, [*states, "mender-gui"], states, answers, first_seen, None)
     assert message.startswith("services not healthy after 25 s:")
     assert ("mender-deployments: running; GET http://172.18.0.9:8080/api/internal/v1/deployments/health "
             "answered connection refused") in message
@@ -97,7 +97,7 @@ def test_failure_message_names_the_gateway_routes_that_failed():
     checks = [sh.RouteCheck(route, sh.Answer(404, None, 0.01)),
               sh.RouteCheck(sh.GATEWAY_ROUTES[2], None, "devices reach storage at https://s3:9000")]
     message = _not_serving(60, ["mender-api-gateway"], {"mender-api-gateway": _state("mender-api-gateway")},
-                           {}, {}, True, checks)
+                           {}, {}, checks)
     assert "gateway: management login (POST /api/management/v1/useradm/auth/login): HTTP 404, expected 401" in message
     assert "artifact storage" not in message  # skipped is not failed
     assert "`./run logs mender-api-gateway`" in message
@@ -192,3 +192,13 @@ def test_smoke_fails_where_the_gateway_does_not_route_or_speak_tls(local_server)
     assert str(no_tls[2]) == "artifact storage: skipped (no storage behind the gateway)"
     refused = sh.smoke_gateway("127.0.0.1", None, None, port=_closed_port())
     assert str(refused[0]).endswith("connection refused, expected 401")
+
+
+def test_a_running_container_without_an_address_fails_its_probe_unasked():
+    states = {"mender-useradm": ServiceState("mender-useradm", "c1", "img", "running", None, 0, None,
+                                             "/api/internal/v1/useradm/health"),
+              "mender-mongo": _state("mender-mongo"),
+              "mender-inventory": _state("mender-inventory", status="exited", path="/api/internal/v1/inventory/health")}
+    answers = _probe(states, list(states))
+    assert list(answers) == ["mender-useradm"]  # mongo has no path, inventory does not run
+    assert str(answers["mender-useradm"]) == "no address on the compose network"
