@@ -48,8 +48,8 @@ def _tool_container(client: docker.DockerClient, image: str, volume: str, argv: 
                     inputs: dict[str, bytes] | None = None, ok_codes: tuple[int, ...] = (0,)):
     """Run `argv` (no shell) in a helper container with `volume` mounted read-only at
     MOUNT_ROOT/<volume>; yields the exited container so its output files can be read."""
-    container = client.containers.create(
-        image, entrypoint=[argv[0]], command=argv[1:], labels={HELPER_LABEL: "volume"}, network_mode="none",
+    container = client.containers.create(  # as root: every file of the volume must be readable
+        image, entrypoint=[argv[0]], command=argv[1:], user="0:0", labels={HELPER_LABEL: "volume"}, network_mode="none",
         volumes={volume: {"bind": f"{MOUNT_ROOT}/{volume}", "mode": "ro"}})
     try:
         for path, data in (inputs or {}).items():

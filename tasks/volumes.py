@@ -214,7 +214,10 @@ class TarDigest:
     files: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # path -> (sha, mode, uid, size)
 
     def add(self, member: tarfile.TarInfo, sha: str | None) -> None:
-        self.files[member.name.rstrip("/")] = (sha or member.type.decode(), member.mode, member.uid, member.size)
+        # Permission bits only: Docker's archives add the file-type bits to the mode, GNU tar's
+        # (volume deltas) do not; the type is compared through the entry's type anyway.
+        self.files[member.name.rstrip("/")] = (sha or member.type.decode(), member.mode & 0o7777, member.uid,
+                                               member.size)
 
 
 def _sha256_of_file(data: BinaryIO) -> str:
