@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+
+# Before anything imports Prefect: no server this tool talks to or starts sends telemetry.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import typer
 from rich.console import Console

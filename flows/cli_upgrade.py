@@ -162,7 +162,9 @@ def register(app: typer.Typer) -> None:
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
             console.print(f"notifications: paused/failed/rolled-back runs call {redacted(webhook_url)}")
-        serve_all(read_config(config), cron, timezone, webhook_url)
+        settings = read_config(config)
+        with prefect_api():  # the server `run`, `history` and the UI use, never a temporary one
+            serve_all(settings, cron, timezone, webhook_url)
 
     @app.command()
     def notifications(webhook_url: str = typer.Option(..., "--webhook-url", envvar=WEBHOOK_URL_ENV,
