@@ -15,6 +15,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from tasks.errors import UpgradeError
@@ -94,6 +95,25 @@ def run_upgrade(settings: UpgradeSettings, auto_approve: bool = False, poll_inte
         stop.set()
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def print_history(rows: list[dict]) -> None:
+    """A table; the run ids stay whole (piped output is as wide as it needs to be)."""
+    out = console if sys.stdout.isatty() else Console(width=max(200, console.width))
+    table = Table(title="mender-upgrade runs")
+    for col in ("start", "host", "from → to", "outcome", "reason", "approvers", "backup", "downtime", "duration"):
+        table.add_column(col, overflow="fold", max_width=60 if col == "reason" else None)
+    table.add_column("run id", no_wrap=True, min_width=36)
+    for r in rows:
+        approvers = ", ".join(f"{a.get('approver') or '-'} ({a.get('gate')}: {a.get('outcome')})" for a in r["approvals"])
+        table.add_row(*(escape(str(v)) for v in (
+            (r["start"] or "-")[:19], r["host"], f"{r['from']} → {r['to']}", r["outcome"], r["reason"] or "-",
+            approvers or "-", r["backup_id"] or "-", _seconds(r["downtime_s"]), _seconds(r["duration_s"]), r["id"])))
+    out.print(table)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def run(config: Path = typer.Option(..., "--config", help="TOML or YAML settings file"),
@@ -126,20 +146,18 @@ def register(app: typer.Typer) -> None:
         console.print(f"{'rejected' if reject else 'approved'} run {run_id}: {state}")
 
     @app.command()
-    def history(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(50, "--limit")) -> None:
-        """Past upgrade runs with their outcome."""
+    def history(as_json: bool = typer.Option(False, "--json", help="print JSON (every field, full ids)"),
+                host: str = typer.Option(None, "--host", help="only this host id's runs"),
+                limit: int = typer.Option(50, "--limit", min=1, max=200, help="newest runs to show")) -> None:
+        """Past and running upgrade runs, newest first: host, from → to, outcome and why, approvers,
+        backup, downtime, duration and the run id (for `approve`)."""
         from flows.runner import history as read_history
         with prefect_api():
-            rows = read_history(limit)
+            rows = read_history(limit, host)
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table(title="mender-upgrade runs")
-        for col in ("start", "name", "state", "outcome", "id"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["start"] or "-", r["name"], r["state"], r["outcome"], r["id"])
-        console.print(table)
+        print_history(rows)
 
     @app.command("config-schema")
     def config_schema() -> None:
