@@ -151,3 +151,11 @@ def history_row(run: FlowRun, summary: ReportSummary | None, now: datetime) -> d
         "start": run.start_time.isoformat() if run.start_time else None,
         "duration_s": round((end - run.start_time).total_seconds(), 1) if run.start_time and end else None,
     }
+
+
+def report_markdown(run_id: str) -> str | None:
+    """The run's report, as the UI shows it (None if the run ended before publishing one)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+    return next((a.data for a in artifacts if (a.key or "").startswith(REPORT_KEY) and isinstance(a.data, str)), None)

@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                             FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
 
-from flows.cli_upgrade import demo_settings
+from flows.cli.upgrade import demo_settings
 from flows.runner import terminal_approver
 from flows.upgrade import upgrade_mender
 from tasks.settings import UpgradeSettings, load_settings

@@ -22,7 +22,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.definitions import deployment_names, s3_secret_block_name
-from flows.cli_upgrade import demo_settings
+from flows.cli.upgrade import demo_settings
 from flows.runner import api_healthy
 from sandbox import stack
 from tests.flowrun import report_of
