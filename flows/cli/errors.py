@@ -77,6 +77,15 @@ def exit_for(exc: BaseException) -> int:
     if isinstance(exc, SandboxError):
         _say("error", str(exc))
         return EXIT_FAILED
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+    if isinstance(exc, ObjectNotFound):
+        _say("error", "not found on the Prefect server: "
+             f"{exc.http_exc.request.url.path if isinstance(exc.http_exc, httpx.HTTPStatusError) else exc}",
+             "check the id (`mender-upgrade history` lists whole run ids) and PREFECT_API_URL")
+        return EXIT_FAILED
+    if isinstance(exc, PrefectHTTPStatusError):
+        _say("error", f"the Prefect server answered {exc.response.status_code}: {exc.response.text[:300]}")
+        return EXIT_FAILED
     if isinstance(exc, httpx.TransportError):
         _say("error", _prefect_unreachable(exc),
              "start it, or unset PREFECT_API_URL to use the local server on 127.0.0.1:4200 (started when needed)")
