@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
+from uuid import UUID
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -108,9 +110,85 @@ def report_key(host: str) -> str:
     return f"{REPORT_KEY}-{host.lower().replace('.', '-').replace('_', '-')}"
 
 
+@dataclass(frozen=True)
+class ReportSummary:
+    """What a run's report says, read back from its artifact description (history, staging)."""
+
+    outcome: str
+    host: str
+    current: str
+    target: str
+    reason: str = ""
+    approvals: tuple[dict, ...] = ()  # {gate, outcome, approver}
+    backup_id: str = ""
+    downtime_s: float | None = None
+
+
+# The description's first line, for people; the fenced JSON after it, for programs.
+_HEADLINE = re.compile(r"upgrade (?P<outcome>[a-z ]+): (?P<host>\S+) (?P<current>\S+) -> (?P<target>\S+)")
+_SUMMARY = re.compile(r"```json\n(?P<json>.*)\n```", re.DOTALL)
+
+
+def describe(report: RunReport) -> str:
+    """The report artifact's description: "upgrade <outcome>: <host> <from> -> <to>", then its summary as JSON."""
+    uri = report.backup.get("uri") or ""
+    summary = {"reason": report.reason,
+               "approvals": [{"gate": d.gate, "outcome": d.outcome, "approver": d.approver} for d in report.approvals],
+               "backup_id": uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else "",
+               "downtime_s": report.downtime_s}
+    return (f"upgrade {report.outcome}: {report.host} {report.current or '?'} -> {report.target or '?'}\n\n"
+            f"```json\n{json.dumps(summary)}\n```")
+
+
+def parse_description(text: str) -> ReportSummary | None:
+    """The one reader of report descriptions; None for anything else (reports from before the
+    summary was added give the headline's fields only)."""
+    head, _, rest = text.partition("\n")
+    found = _HEADLINE.fullmatch(head)
+    if not found:
+        return None
+    extra: dict = {}
+    block = _SUMMARY.search(rest)
+    if block:
+        try:
+            extra = json.loads(block["json"])
+        except json.JSONDecodeError:
+            extra = {}
+    if not isinstance(extra, dict):
+        extra = {}
+    downtime = extra.get("downtime_s")
+    return ReportSummary(
+        outcome=found["outcome"], host=found["host"], current=found["current"], target=found["target"],
+        reason=str(extra.get("reason") or ""),
+        approvals=tuple(a for a in extra.get("approvals") or () if isinstance(a, dict)),
+        backup_id=str(extra.get("backup_id") or ""),
+        downtime_s=float(downtime) if isinstance(downtime, (int, float)) else None)
+
+
+def run_name(host: str, current: str, target: str) -> str:
+    """`<host> <from>→<to>`: how runs are listed in the UI and in `history`."""
+    return f"{host} {current or '?'}→{target or '?'}"
+
+
+def name_at_start() -> str:
+    """The flow's run name before planning knows the current version."""
+    from prefect.runtime import flow_run
+    settings = flow_run.parameters.get("settings")
+    from tasks.settings import UpgradeSettings
+    if not isinstance(settings, UpgradeSettings):  # a deployment's parameters may arrive as JSON
+        settings = UpgradeSettings.model_validate(settings or {})
+    return run_name(settings.host(), "?", settings.target_version or "newest")
+
+
+def rename_run(report: RunReport) -> None:
+    """Once planning knows both versions: `<host> <from>→<to>`."""
+    from prefect.client.orchestration import get_client
+    if report.run_id == "local":
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(UUID(report.run_id), name=run_name(report.host, report.current, report.target))
+
+
 def publish(report: RunReport) -> None:
-    # The description is read back by tasks/staging.py (what a host's run achieved, without
-    # parsing the markdown): keep "upgrade <outcome>: <host> <from> -> <to>".
-    create_markdown_artifact(key=report_key(report.host), markdown=report.to_markdown(),
-                             description=f"upgrade {report.outcome}: {report.host} "
-                                         f"{report.current or '?'} -> {report.target or '?'}")
+    # The description is read back by history and tasks/staging.py through parse_description.
+    create_markdown_artifact(key=report_key(report.host), markdown=report.to_markdown(), description=describe(report))

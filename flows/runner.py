@@ -15,17 +15,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName,
+                                            FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterName)
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import read_flow_run_input
 
+from flows.report import REPORT_KEY, ReportSummary, parse_description
 from tasks.errors import UpgradeError
 from tasks.signatures import approval_payload, sign
 
@@ -220,19 +224,49 @@ def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str]
     return thread
 
 
-def history(limit: int = 50) -> list[dict]:
-    """Past upgrade runs, newest first, with their outcome from the run's report artifact."""
+def history(limit: int = 50, host: str | None = None) -> list[dict]:
+    """Upgrade runs that started or were due by now, newest first (future scheduled ones left out),
+    each with what its report says (host, versions, outcome, reason, approvals, backup, downtime)."""
+    now = datetime.now(timezone.utc)
+    run_filter = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=now),
+                               name=FlowRunFilterName(like_=host) if host else None)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                     sort=FlowRunSort.START_TIME_DESC, limit=limit)
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-        out = []
-        for run in runs:
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-            report = next((a for a in artifacts if (a.key or "").startswith("upgrade-report")), None)
-            headline = (report.data or "").splitlines()[0] if report and isinstance(report.data, str) else ""
-            out.append({"id": str(run.id), "name": run.name, "state": run.state.name if run.state else "?",
-                        "start": run.start_time.isoformat() if run.start_time else None,
-                        "outcome": headline.split("**")[1] if headline.count("**") >= 2 else run.state.name if run.state else "?",
-                        "parameters": {k: v for k, v in (run.parameters or {}).items() if k != "settings"}})
-        return out
+                                     flow_run_filter=run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                                     limit=limit)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in runs]))) if runs else []
+    summaries = {a.flow_run_id: parse_description(a.description or "") for a in artifacts
+                 if (a.key or "").startswith(REPORT_KEY)}
+    rows = [history_row(run, summaries.get(run.id), now) for run in runs]
+    return [row for row in rows if host is None or row["host"] == host]
+
+
+def history_row(run: FlowRun, summary: ReportSummary | None, now: datetime) -> dict:
+    """One run for `history`: its report's summary, else what the run's name and state say (a
+    run still going has no report yet)."""
+    state = run.state.name if run.state else "?"
+    named_host, _, versions = run.name.partition(" ")
+    current, _, target = versions.partition("→")
+    end = run.end_time or (now if run.start_time else None)
+    return {
+        "id": str(run.id), "name": run.name, "state": state,
+        "host": summary.host if summary else named_host,
+        "from": summary.current if summary else current or "?",
+        "to": summary.target if summary else target or "?",
+        "outcome": summary.outcome if summary else state.lower(),
+        "reason": summary.reason if summary else (run.state.message or "" if run.state else ""),
+        "approvals": list(summary.approvals) if summary else [],
+        "backup_id": summary.backup_id if summary else "",
+        "downtime_s": summary.downtime_s if summary else None,
+        "start": run.start_time.isoformat() if run.start_time else None,
+        "duration_s": round((end - run.start_time).total_seconds(), 1) if run.start_time and end else None,
+    }
+
+
+def report_markdown(run_id: str) -> str | None:
+    """The run's report, as the UI shows it (None if the run ended before publishing one)."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])))
+    return next((a.data for a in artifacts if (a.key or "").startswith(REPORT_KEY) and isinstance(a.data, str)), None)

@@ -24,7 +24,7 @@ from deployments.notifications import emit_rolled_back
 from flows.approvals import Binding, ask_approval
 from flows.host_guard import allowed_settings
 from flows.lock import host_lock
-from flows.report import RunReport, previous_unavailability, publish
+from flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
 from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
@@ -114,7 +114,7 @@ def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSe
     return decision.approved
 
 
-@flow(name="upgrade-mender", persist_result=False)
+@flow(name="upgrade-mender", persist_result=False, flow_run_name=name_at_start)
 def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_s: int = 10):
     """Upgrade the Mender Server of `settings.integration_dir` to `settings.target_version`."""
     report = RunReport(host=settings.host(), run_id=str(flow_run.id or "local"))
@@ -150,6 +150,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     with timed(report, "plan"):
         plan = steps.plan_task(settings)
     report.current, report.target, report.hops = plan.current, plan.target or "", plan.hops
+    rename_run(report)
     report.warnings += plan.warnings
     if plan.refused:
         report.outcome, report.reason = "refused", plan.refused

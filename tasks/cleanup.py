@@ -479,7 +479,7 @@ def read_saved(store: BackupStore, key: str) -> tuple[dict, list[RawBSONDocument
         raise UpgradeError(f"{exc.filename} not found: a saved copy needs both {LEFTOVERS_OBJECT} and "
                            f"{MANIFEST_OBJECT} (its SHA-256)",
                            "give a local path to either file of a cleanup/<run-id>/ folder, or its key in "
-                           "--backup-target") from None
+                           "--target") from None
     sha = hashlib.sha256(data).hexdigest()
     if sha != manifest["sha256"] or len(data) != manifest["size"]:
         raise ChecksumMismatch(f"{store.uri}/{key} has sha256 {sha[:12]}… ({len(data)} bytes), the manifest "

@@ -234,6 +234,10 @@ def migrate_marker_tags(repo: git.Repo) -> list[str]:
     return moved
 
 
+# The flows, the deployments' form and the config file call it integration_dir (the CLI's plan
+# and repo-update also take --integration for it).
+SET_INTEGRATION_DIR = "set settings.integration_dir (integration_dir in the config or the deployment's form) to"
+
 
 def open_integration(path: Path) -> git.Repo:
     """The git clone at `path`, which must be the root of an integration work tree."""
@@ -242,10 +246,12 @@ def open_integration(path: Path) -> git.Repo:
         repo = git.Repo(root, search_parent_directories=True)
     except (InvalidGitRepositoryError, NoSuchPathError):
         raise NotAnIntegrationClone(f"{root} is not a git clone",
-                                    "pass --integration the root of your mendersoftware/integration clone") from None
+                                    f"{SET_INTEGRATION_DIR} the root of your mendersoftware/integration clone "
+                                    "on this host") from None
     if repo.bare or Path(repo.working_tree_dir or "").resolve() != root:
         raise NotAnIntegrationClone(f"{root} is not the root of a git work tree",
-                                    f"pass the clone's top folder ({repo.working_tree_dir or 'a non-bare clone'})")
+                                    f"{SET_INTEGRATION_DIR} the clone's top folder "
+                                    f"({repo.working_tree_dir or 'a non-bare clone'})")
     if not (root / "production").is_dir():
         raise NotAnIntegrationClone(f"{root} has no production/ folder",
                                     "Mender 2.2-3.8 clones keep production/run there; 4.x is not a compose install")

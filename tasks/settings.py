@@ -85,6 +85,32 @@ class BackupSettings(BaseModel):
             raise ValueError("backup.immutable needs an s3:// target (a local folder cannot be made immutable)")
         return self
 
+    def s3_secret(self) -> str | None:
+        """The S3 secret key: from the settings, else the Secret block `secret_block`, else (with an
+        access key id set) AWS_SECRET_ACCESS_KEY of this process (a worker's environment). None
+        without an access key id: boto3 then finds both keys itself (environment, profile)."""
+        if self.secret_access_key:
+            return self.secret_access_key.get_secret_value()
+        if self.secret_block:
+            from prefect.blocks.system import Secret  # only where the block is used
+            try:
+                return str(Secret.load(self.secret_block).get())
+            except ValueError:  # Prefect's "Unable to find block document named ..."
+                raise ConfigInvalid(f"backup.secret_block: no Secret block named {self.secret_block!r} on this "
+                                    "Prefect server",
+                                    "start `mender-upgrade serve --config FILE` with the secret in the file (it "
+                                    "saves the block), or create the block in the UI (Blocks, Secret)") from None
+        if self.access_key_id:
+            secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+            if not secret:
+                raise ConfigInvalid(f"backup.secret_access_key: no S3 secret key for access key id "
+                                    f"{self.access_key_id!r} (not in the settings, no backup.secret_block, "
+                                    "no AWS_SECRET_ACCESS_KEY in the environment)",
+                                    "put it in the config file's backup.secret_access_key (`serve` keeps it in a "
+                                    "Secret block), or set AWS_SECRET_ACCESS_KEY for the process that runs the flow")
+            return secret
+        return None
+
     def signing_key_path(self) -> Path:
         return self.signing_key_file or tool_home() / "backup-signing.key"
 
@@ -97,11 +123,7 @@ class BackupSettings(BaseModel):
         key = load_signing_key(self.signing_key_path()) if host_id else b""
         if scheme == "file":
             return LocalStore(Path(where) / host_id if host_id else Path(where), host_id=host_id, signing_key=key)
-        secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
-        if self.secret_block and not secret:
-            from prefect.blocks.system import Secret  # only where the block is used
-            secret = Secret.load(self.secret_block).get()
-        client = s3_client(self.endpoint_url, self.region, self.access_key_id, secret,
+        client = s3_client(self.endpoint_url, self.region, self.access_key_id, self.s3_secret(),
                            self.path_style, self.aws_profile)
         return S3Store(bucket=where, prefix=f"{prefix}/{host_id}" if host_id else prefix, client=client,
                        endpoint=self.endpoint_url or "AWS S3", server_side_encryption=self.server_side_encryption,

@@ -26,14 +26,12 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.report import report_key
+from flows.report import parse_description, report_key
 from flows.runner import FLOW_NAME
 from tasks.errors import UpgradeError
 from tasks.repository import validate_version
 from tasks.settings import HOST_REF_PATTERN, ConfigInvalid
 
-# The description flows.report.publish() gives each report.
-REPORT_DESCRIPTION = re.compile(r"upgrade (?P<outcome>[a-z ]+): (?P<host>\S+) (?P<current>\S+) -> (?P<target>\S+)")
 PAGE = 50
 
 
@@ -53,11 +51,11 @@ def staging_reports(client: SyncPrefectClient, host: str, target: str) -> Iterat
         page = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[report_key(host)])),
                                      sort=ArtifactSort.CREATED_DESC, limit=PAGE, offset=offset)
         for artifact in page:
-            found = REPORT_DESCRIPTION.fullmatch(artifact.description or "")
+            found = parse_description(artifact.description or "")
             # Skipped: another host whose key slug is the same (a.b, a-b), reports from before
             # descriptions named the versions, and reports published outside a flow run.
-            if found and found["host"] == host and found["target"] == target and artifact.flow_run_id:
-                yield StagingReport(artifact.flow_run_id, found["outcome"])
+            if found and found.host == host and found.target == target and artifact.flow_run_id:
+                yield StagingReport(artifact.flow_run_id, found.outcome)
         if len(page) < PAGE:
             return
 

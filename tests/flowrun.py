@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
 from prefect.events.filters import EventAnyResourceFilter, EventFilter
 
-from flows.cli_upgrade import demo_settings
+from flows.cli.upgrade import demo_settings
 from flows.runner import terminal_approver
 from flows.upgrade import upgrade_mender
 from tasks.settings import UpgradeSettings, load_settings

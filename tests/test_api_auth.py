@@ -19,7 +19,7 @@ import pytest
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
-from flows import cli_upgrade
+from flows.cli import common as cli_common
 from flows.cli import app
 from flows.runner import (ALLOW_UNAUTHENTICATED_ENV, ApiNotOurs, ensure_local_server, local_auth_string,
                           require_safe_api)
@@ -73,8 +73,8 @@ def test_unauthenticated_requests_get_401_and_authenticated_ones_work(local_serv
 
 def test_the_tools_own_commands_work(local_server, monkeypatch):
     api, home = local_server
-    monkeypatch.setattr(cli_upgrade, "PREFECT_HOME", home)
-    monkeypatch.setattr(cli_upgrade, "LOCAL_PORT", int(api.split(":")[-1].split("/")[0]))
+    monkeypatch.setattr(cli_common, "PREFECT_HOME", home)
+    monkeypatch.setattr(cli_common, "LOCAL_PORT", int(api.split(":")[-1].split("/")[0]))
     with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_API_AUTH_STRING}):
         result = CliRunner().invoke(app, ["history", "--json"])
         assert result.exit_code == 0, result.output

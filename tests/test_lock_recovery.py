@@ -100,7 +100,7 @@ def test_a_running_or_paused_upgrade_of_the_host_blocks_unlock_unless_forced(pre
             assert f"unlock {host} --force" in err.value.hint
 
             result = CliRunner().invoke(app, ["unlock", host])
-            assert result.exit_code == 1 and str(mine.id) in result.output and lock_status(host).held
+            assert result.exit_code == 3 and str(mine.id) in result.output and lock_status(host).held
 
             result = CliRunner().invoke(app, ["unlock", host, "--force"])
             assert result.exit_code == 0 and "freed" in result.output and "forced past 1" in result.output

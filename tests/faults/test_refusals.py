@@ -175,7 +175,7 @@ def test_hostile_targets_are_refused_before_git(sandbox, tmp_path, fault, baseli
     for hostile in ("3.0.0; rm -rf /", "../x", "--upload-pack=x"):
         result = CliRunner().invoke(app, ["run", "--config", str(config), "--to", hostile])
         outputs.append(" ".join(result.output.split()))
-        assert result.exit_code == 1 and "target_version: must match" in outputs[-1], result.output
+        assert result.exit_code == 2 and "target_version: must match" in outputs[-1], result.output
     SEEN_TEXT.extend(outputs)
     fault.did = outputs[0].replace("error: ", "refused: ")[:160]
     assert_invariants(sandbox, before, baseline, "\n".join(outputs), [r"^\d+\.\d+\.\d+$"])
@@ -191,7 +191,7 @@ def test_each_wrong_config_field_is_named(sandbox, tmp_path, fault, baseline):
         config.write_text(yaml.safe_dump({"integration_dir": str(sandbox.integration)} | data))
         result = CliRunner().invoke(app, ["run", "--config", str(config)])
         outputs.append(" ".join(result.output.split()))
-        assert result.exit_code == 1 and field in outputs[-1], (field, result.output)
+        assert result.exit_code == 2 and field in outputs[-1], (field, result.output)
     SEEN_TEXT.extend(outputs)
     fault.did = f"every run refused with the field named, e.g. {outputs[4].split('invalid configuration: ')[-1][:90]}"
     assert_invariants(sandbox, before, baseline, "\n".join(outputs), ["is not a known setting"])

@@ -432,7 +432,7 @@ def test_unreachable_mongo_fails_fast_naming_no_secret(tmp_path):
     url = f"mongodb://admin:s3cr3t@127.0.0.1:{free_port()}/"
     started = time.monotonic()
     result = CliRunner().invoke(app, ["cleanup", "--mongo-url", url, "--apply", "--yes",
-                                      "--backup-target", f"file://{tmp_path}/backups"])
+                                      "--target", f"file://{tmp_path}/backups"])
     elapsed = time.monotonic() - started
     assert result.exit_code == 1, result.output
     assert elapsed < 10
@@ -464,18 +464,18 @@ def test_cli_dry_run_apply_and_restore(per_tenant, tmp_path):
     assert f"warning: {summary.inventory_old_clients} of" in out and "older than 1.7.1" in out
     assert snapshot(client) == before
 
-    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--backup-target", target, input="n\n")
-    assert result.exit_code == 1 and "not confirmed: nothing was changed" in out
+    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--target", target, input="n\n")
+    assert result.exit_code == 3 and "not confirmed: nothing was changed" in out
     assert snapshot(client) == before
 
-    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--backup-target", target, "--run-id", "cli")
+    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--target", target, "--run-id", "cli")
     assert result.exit_code == 0, result.output
     assert "verified: 0 leftovers remain, 57 document(s) deleted" in out
     saved = tmp_path / "backups" / "cleanup" / "cli" / "leftovers.bson"
     assert f"sha256 {hashlib.sha256(saved.read_bytes()).hexdigest()}" in out
     assert snapshot(client) == without_leftovers(before, summary)
 
-    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--backup-target", target)
+    result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--target", target)
     assert result.exit_code == 0 and "nothing to delete" in out
 
     result, out = _run("--mongo-url", per_tenant.url, "--restore", str(saved))
@@ -484,13 +484,13 @@ def test_cli_dry_run_apply_and_restore(per_tenant, tmp_path):
     assert snapshot(client) == before
 
     result, out = _run("--mongo-url", per_tenant.url, "--restore", "cleanup/cli/leftovers.bson",
-                       "--backup-target", target)
+                       "--target", target)
     assert result.exit_code == 0 and "restored 0 document(s)" in out
 
     result, out = _run("--mongo-url", per_tenant.url, "--tenant", "nope")
     assert result.exit_code == 1 and "tenant 'nope' has no deviceauth data" in out
     result, out = _run("--mongo-url", per_tenant.url, "--apply", "--restore", str(saved))
-    assert result.exit_code == 1 and "exclude each other" in out
+    assert result.exit_code == 2 and "exclude each other" in out
 
 
 # ------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_a_yaml_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
     config = tmp_path / "settings.yaml"
     config.write_text(f"backup:\n  secret_access_key: [{SECRET}\n  target: x\n")
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
-    assert result.exit_code == 1 and "not valid YAML" in result.output and SECRET not in result.output
+    assert result.exit_code == 2 and "not valid YAML" in result.output and SECRET not in result.output
     with pytest.raises(yaml.YAMLError) as exc:
         yaml.safe_load(config.read_text())
     assert SECRET in str(exc.value) and SECRET not in parse_error_position(exc.value)  # what it would have printed

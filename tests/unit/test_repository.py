@@ -360,7 +360,7 @@ def test_cli_plan_exit_codes_and_json(upstream: Path, tmp_path: Path) -> None:
     for target, words in (("3.8.5", "past the docker-compose production line"), ("2.5.1", "downgrades"),
                           ("2.9.9", "not a tag"), ("--upload-pack=x", "not a stable release tag")):
         code, out = run_cli("plan", "--integration", str(root), f"--to={target}", "--json")
-        assert code == 2 and words in json.loads(out)["refused"]
+        assert code == 3 and words in json.loads(out)["refused"]
     code, out = run_cli("plan", "--integration", str(root))
     assert code == 0 and "2.6.4 -> 2.7.2 -> 3.0.2" in out
     (root / "stray.txt").write_text("x")
@@ -377,12 +377,12 @@ def test_cli_repo_update(upstream: Path, tmp_path: Path) -> None:
     assert code == 0 and "would merge 2.7.2" in out and "template drift" in out
     assert snapshot(repo) == before
     code, out = run_cli("repo-update", "--integration", root, "--to", "2.7.2", input="n\n")
-    assert code == 1 and "not confirmed" in out and snapshot(repo) == before
+    assert code == 3 and "not confirmed" in out and snapshot(repo) == before
     code, out = run_cli("repo-update", "--integration", root, "--to", "2.7.2", "--yes")
     assert code == 0 and "merged 2.7.2" in out and "undo: git reset --hard refs/mender-upgrade/pre-upgrade/2.6.4-to-2.7.2-" in out
     assert r.current_version(repo) == "2.7.2"
     code, out = run_cli("repo-update", "--integration", root, "--to", "2.6.4", "--yes")
-    assert code == 2 and "downgrades" in out
+    assert code == 3 and "downgrades" in out
 
 
 def test_cli_repo_update_conflict_names_the_files(upstream: Path, tmp_path: Path) -> None:

@@ -48,9 +48,21 @@ def test_cli_run_rejects_a_bad_config_file_naming_the_field_and_changing_nothing
     config = tmp_path / "upgrade.toml"
     config.write_text('integration_dir = "/nonexistent"\n[backup]\nkeep_last = 0\n')
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "backup.keep_last" in result.output
     broken = tmp_path / "broken.yaml"
     broken.write_text("backup: [unclosed\n")
     result = CliRunner().invoke(app, ["run", "--config", str(broken)])
-    assert result.exit_code == 1 and "not valid YAML" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "not valid YAML" in " ".join(result.output.split())
+
+
+def test_s3_access_key_without_a_secret_names_the_missing_credential(monkeypatch):
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    backup = load_settings({"backup": {"target": "s3://b/p", "access_key_id": "AKID"}}).backup
+    with pytest.raises(ConfigInvalid) as caught:
+        backup.open_store()
+    assert caught.value.message.startswith("backup.secret_access_key: no S3 secret key for access key id 'AKID'")
+    assert "AWS_SECRET_ACCESS_KEY" in caught.value.hint
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-worker-environment")
+    assert backup.s3_secret() == "from-the-worker-environment"
+    assert load_settings({"backup": {"target": "s3://b/p"}}).backup.s3_secret() is None  # boto3's own chain

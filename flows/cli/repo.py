@@ -1,6 +1,6 @@
 """`mender-upgrade plan` and `mender-upgrade repo-update`: the repository part of an upgrade.
 
-Exit codes: 0 allowed/done, 2 refused by the upgrade rules, 1 any other error (named).
+Exit codes: 0 allowed/done, 3 refused by the upgrade rules (or not confirmed), 1 any other error (named).
 """
 
 from __future__ import annotations
@@ -9,31 +9,20 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flows.cli.common import CONFIG, INTEGRATION, console, settings_from
+from flows.cli.errors import EXIT_DONE, EXIT_STOPPED, Stopped
 from tasks import repository
-from tasks.errors import UpgradeError
 from tasks.prod_yaml import TemplateChange
 from tasks.versions import UpgradePlan
 
-EXIT_REFUSED = 2
-console = Console()
-
-INTEGRATION = typer.Option(..., "--integration", help="root of the operator's mendersoftware/integration clone",
-                           file_okay=False)
 BRANCH = typer.Option(repository.PRODUCTION_BRANCH, "--branch", help="the production branch of the clone")
 
 
-def _fail(exc: UpgradeError, as_json: bool = False) -> None:
-    if as_json:
-        typer.echo(json.dumps({"error": exc.message, "hint": exc.hint}))
-    else:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        if exc.hint:
-            console.print(f"  -> {escape(exc.hint)}")
-    raise typer.Exit(1)
+def _clone(config: Path | None, integration: Path | None):
+    return repository.open_integration(settings_from(config, integration).integration_dir)
 
 
 def _print_plan(plan: UpgradePlan) -> None:
@@ -51,20 +40,17 @@ def _print_plan(plan: UpgradePlan) -> None:
         console.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
 
 
-def plan(integration: Path = INTEGRATION,
+def plan(config: Path = CONFIG, integration: Path = INTEGRATION,
          to: str | None = typer.Option(None, "--to", help="target release X.Y.Z; default: the newest allowed"),
          as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
          branch: str = BRANCH) -> None:
     """Plan the upgrade hops from the clone's current release (fetches tags from origin)."""
-    try:
-        result = repository.plan_upgrade(repository.open_integration(integration), to, branch)
-    except UpgradeError as exc:
-        _fail(exc, as_json)
+    result = repository.plan_upgrade(_clone(config, integration), to, branch)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
     else:
         _print_plan(result)
-    raise typer.Exit(EXIT_REFUSED if result.refused else 0)
+    raise typer.Exit(EXIT_STOPPED if result.refused else EXIT_DONE)
 
 
 def _changes_table(title: str, changes: dict[str, list[TemplateChange]]) -> Table | None:
@@ -121,7 +107,7 @@ def _print_hop(result: repository.HopResult, dry: bool) -> None:
         console.print(f"  [yellow]warning:[/yellow] {escape(warning)}")
 
 
-def repo_update(integration: Path = INTEGRATION,
+def repo_update(config: Path = CONFIG, integration: Path = INTEGRATION,
                 to: str = typer.Option(..., "--to", help="target release X.Y.Z"),
                 dry_run: bool = typer.Option(False, "--dry-run", help="merge in a temporary worktree only"),
                 yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
@@ -129,33 +115,20 @@ def repo_update(integration: Path = INTEGRATION,
                 branch: str = BRANCH) -> None:
     """Merge each hop's release tag into the production branch and carry the template changes
     into prod.yml, with a pre-upgrade tag per hop (no containers are touched)."""
-    try:
-        repo = repository.open_integration(integration)
-        result = repository.plan_upgrade(repo, to, branch)
-        _print_plan(result)
-        if result.refused:
-            raise typer.Exit(EXIT_REFUSED)
-        if not result.hops:
-            raise typer.Exit(0)
-        for index, (old, new) in enumerate(zip([result.current, *result.hops], result.hops)):
-            _print_review(repository.review_hop(repo, old, new), show_diff, first=index == 0)
-        if dry_run:
-            repository.dry_run(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=True))
-            console.print("dry run: every hop merges and passes ./run config -q; the clone was not changed")
-            raise typer.Exit(0)
-        if not yes and not typer.confirm(f"Merge {' -> '.join(result.hops)} into branch {branch}?", default=False):
-            console.print("not confirmed: nothing was changed")
-            raise typer.Exit(1)
-        repository.update_repository(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=False))
-        console.print(f"the repository is at {result.target}; the running containers are not (cycle them per hop)")
-    except UpgradeError as exc:
-        _fail(exc)
-    except typer.Abort:
-        console.print("not confirmed: nothing was changed")
-        raise typer.Exit(1) from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
-    app.command("plan")(plan)
-    app.command("repo-update")(repo_update)
+    repo = _clone(config, integration)
+    result = repository.plan_upgrade(repo, to, branch)
+    _print_plan(result)
+    if result.refused:
+        raise typer.Exit(EXIT_STOPPED)
+    if not result.hops:
+        raise typer.Exit(EXIT_DONE)
+    for index, (old, new) in enumerate(zip([result.current, *result.hops], result.hops)):
+        _print_review(repository.review_hop(repo, old, new), show_diff, first=index == 0)
+    if dry_run:
+        repository.dry_run(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=True))
+        console.print("dry run: every hop merges and passes ./run config -q; the clone was not changed")
+        raise typer.Exit(EXIT_DONE)
+    if not yes and not typer.confirm(f"Merge {' -> '.join(result.hops)} into branch {branch}?", default=False):
+        raise Stopped("not confirmed: nothing was changed")
+    repository.update_repository(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=False))
+    console.print(f"the repository is at {result.target}; the running containers are not (cycle them per hop)")

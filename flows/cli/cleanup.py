@@ -1,6 +1,6 @@
 """`mender-upgrade cleanup`: deviceauth decommissioning leftovers (dry run, --apply, --restore).
 
-Exit codes: 0 done (or nothing to do), 1 any error (named, with what to do).
+Exit codes: 0 done (or nothing to do), 1 any error (named, with what to do), 3 not confirmed.
 """
 
 from __future__ import annotations
@@ -10,25 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tasks.errors import UpgradeError
+from flows.cli.common import CONFIG, ENDPOINT, TARGET, console, dim, settings_from
+from flows.cli.errors import Stopped
 from tasks.settings import BackupSettings
-from tasks.store import BackupStore, LocalStore, parse_target
+from tasks.store import BackupStore, LocalStore
 
 if TYPE_CHECKING:
     from tasks import cleanup
-
-console = Console()
-
-
-def _fail(exc: UpgradeError) -> None:
-    console.print(f"[red]error:[/red] {escape(exc.message)}")
-    if exc.hint:
-        console.print(f"  -> {escape(exc.hint)}")
-    raise typer.Exit(1)
 
 
 def _mongo_url(mongo_url: str | None, project: str) -> str:
@@ -86,66 +77,57 @@ def cleanup_command(
         restore: str | None = typer.Option(None, "--restore", metavar="FILE",
                                            help="put saved documents back: a leftovers.bson/manifest.json path, "
                                                 "or its key in the backup target"),
+        config: Path | None = CONFIG,
         mongo_url: str | None = typer.Option(None, "--mongo-url", envvar="MENDER_UPGRADE_MONGO_URL",
                                              help="default: mender-mongo of the compose project, found via Docker"),
         database: list[str] = typer.Option([], "--database", help="only this deviceauth database (repeatable)"),
         tenant: list[str] = typer.Option([], "--tenant", help="only this tenant id; '' is the default tenant (repeatable)"),
-        backup_target: str = typer.Option(BackupSettings.model_fields["target"].default, "--backup-target",
-                                          help="where --apply saves the documents: s3://bucket/prefix or file:///folder"),
-        s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="S3 endpoint URL for non-AWS servers"),
+        target: str | None = TARGET,
+        endpoint: str | None = ENDPOINT,
         run_id: str | None = typer.Option(None, "--run-id", help="names the saved folder cleanup/<run-id>/"),
         yes: bool = typer.Option(False, "--yes", help="do not ask before deleting"),
-        project: str = typer.Option("menderproduction", "--project", help="compose project name"),
+        project: str | None = typer.Option(None, "--project",
+                                           help="compose project name (default: the config's compose_project)"),
 ) -> None:
     """Find deviceauth leftovers of failed device decommissioning (dry run by default)."""
     from tasks import cleanup  # imports Prefect (~3 s): only when this command runs
-    try:
-        if apply and restore:
-            raise UpgradeError("--apply and --restore exclude each other", "run one, then the other")
-        parse_target(backup_target)  # a wrong target is named before anything is read
-        backup = BackupSettings(target=backup_target, endpoint_url=s3_endpoint)
-        with cleanup.open_mongo(_mongo_url(mongo_url, project)) as client:
-            if restore:
-                store, key = _restore_source(restore, backup)
-                report = cleanup.restore_leftovers(client, store, key)
-                for ns in sorted(report.restored):
-                    console.print(f"{ns}: restored {report.restored[ns]}, "
-                                  f"already present {report.already_present.get(ns, 0)}")
-                console.print(f"restored {sum(report.restored.values())} document(s) from {store.uri}/{key}")
-                return
-            leftovers = cleanup.find_decommissioned_leftovers(client, database, tenant)
-            console.print(_leftovers_table(leftovers))
-            if leftovers.ignored_databases:
-                console.print(f"not used by deviceauth in this layout (left alone): "
-                              f"{', '.join(leftovers.ignored_databases)}")
-            _warn_old_clients(client)
-            if not apply:
-                console.print(f"dry run: {leftovers.count} leftover document(s); nothing was changed "
-                              "(--apply saves and deletes them)")
-                return
-            if not leftovers.count:
-                console.print("nothing to delete")
-                return
-            if not yes and not typer.confirm(f"Save {leftovers.count} document(s) to {backup.target} and delete "
-                                             "them from MongoDB?", default=False):
-                console.print("not confirmed: nothing was changed")
-                raise typer.Exit(1)
-            store = backup.open_store()
-            report = cleanup.apply_cleanup(client, store, run_id or uuid.uuid4().hex, database, tenant,
-                                           log=lambda m: console.print(f"[dim]{escape(m)}[/dim]"))
-        console.print(_report_table(report))
-        if report.receipt:
-            console.print(f"saved: {report.receipt.target}/{report.receipt.key} sha256 {report.receipt.sha256}")
-            console.print(f"undo: mender-upgrade cleanup --restore {report.receipt.key} --backup-target {backup.target}")
-        console.print(f"verified: 0 leftovers remain, {sum(report.deleted.values())} document(s) deleted, "
-                      "every other document kept")
-    except UpgradeError as exc:
-        _fail(exc)
-    except typer.Abort:
-        console.print("not confirmed: nothing was changed")
-        raise typer.Exit(1) from None
-
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
-    app.command("cleanup")(cleanup_command)
+    if apply and restore:
+        raise typer.BadParameter("--apply and --restore exclude each other: run one, then the other")
+    settings = settings_from(config, None, target, endpoint)  # a wrong target is named before anything is read
+    backup = settings.backup
+    with cleanup.open_mongo(_mongo_url(mongo_url, project or settings.compose_project)) as client:
+        if restore:
+            store, key = _restore_source(restore, backup)
+            restored = cleanup.restore_leftovers(client, store, key)
+            for ns in sorted(restored.restored):
+                console.print(f"{ns}: restored {restored.restored[ns]}, "
+                              f"already present {restored.already_present.get(ns, 0)}", markup=False)
+            console.print(f"restored {sum(restored.restored.values())} document(s) from {store.uri}/{key}",
+                          markup=False)
+            return
+        leftovers = cleanup.find_decommissioned_leftovers(client, database, tenant)
+        console.print(_leftovers_table(leftovers))
+        if leftovers.ignored_databases:
+            console.print(f"not used by deviceauth in this layout (left alone): "
+                          f"{', '.join(leftovers.ignored_databases)}", markup=False)
+        _warn_old_clients(client)
+        if not apply:
+            console.print(f"dry run: {leftovers.count} leftover document(s); nothing was changed "
+                          "(--apply saves and deletes them)")
+            return
+        if not leftovers.count:
+            console.print("nothing to delete")
+            return
+        if not yes and not typer.confirm(f"Save {leftovers.count} document(s) to {backup.target} and delete "
+                                         "them from MongoDB?", default=False):
+            raise Stopped("not confirmed: nothing was changed")
+        report = cleanup.apply_cleanup(client, backup.open_store(), run_id or uuid.uuid4().hex, database, tenant,
+                                       log=dim)
+    console.print(_report_table(report))
+    if report.receipt:
+        console.print(f"saved: {report.receipt.target}/{report.receipt.key} sha256 {report.receipt.sha256}",
+                      markup=False)
+        console.print(f"undo: mender-upgrade cleanup --restore {report.receipt.key} --target {backup.target}",
+                      markup=False)
+    console.print(f"verified: 0 leftovers remain, {sum(report.deleted.values())} document(s) deleted, "
+                  "every other document kept")

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from flows import lock
-from flows.cli_repo import _fail
-from tasks.errors import UpgradeError
+from flows.cli.common import console, prefect_api
 
-console = Console()
 HOST = typer.Argument(..., metavar="HOST", help="the host id whose lock to free (as in the run's settings)")
 FORCE = typer.Option(False, "--force", help="free it even while an upgrade run of the host is RUNNING or PAUSED "
                                             "(only when its process is gone)")
@@ -18,12 +15,8 @@ FORCE = typer.Option(False, "--force", help="free it even while an upgrade run o
 
 def unlock(host: str = HOST, force: bool = FORCE) -> None:
     """Free HOST's upgrade lock when the run holding it died (crash, kill, server restart)."""
-    from flows.cli_upgrade import prefect_api  # starts the local server if none is configured
-    try:
-        with prefect_api():
-            status = lock.release_stale_lock(host, force)
-    except UpgradeError as exc:
-        _fail(exc)
+    with prefect_api():  # starts the local server if none is configured
+        status = lock.release_stale_lock(host, force)
     if not status.exists:
         console.print(f"no lock {status.name} exists: no upgrade of {escape(host)} ever ran on this Prefect server")
     elif not status.held:
@@ -32,7 +25,3 @@ def unlock(host: str = HOST, force: bool = FORCE) -> None:
         forced = f" (forced past {len(status.live_runs)} live run(s))" if status.live_runs else ""
         console.print(f"[green]freed[/green] {status.name}{forced}: the next upgrade of {escape(host)} can start")
 
-
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the main app."""
-    app.command("unlock")(unlock)
