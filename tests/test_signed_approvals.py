@@ -10,6 +10,9 @@ from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 
@@ -31,7 +34,10 @@ def _paused_run_id(known: set[str], timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
-            for run in client.read_flow_runs(limit=20):
+            for run in client.read_flow_runs(  # the session's server holds other tests' runs too
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["approval-probe"])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.PAUSED])))):
                 keys = (run.state.state_details.run_input_keyset or {}) if run.state else {}
                 if (run.state and run.state.type.value == "PAUSED" and str(run.id) not in known
                         and keys.get("schema")):
@@ -43,7 +49,8 @@ def _paused_run_id(known: set[str], timeout_s: float = 60) -> str:
 def _run_answered_by(answer, require_signed: bool, signers: Path) -> dict:
     """Run the probe; `answer(run_id)` answers its form from another thread."""
     with get_client(sync_client=True) as client:
-        known = {str(r.id) for r in client.read_flow_runs(limit=200)}
+        known = {str(r.id) for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(
+            any_=["approval-probe"])))}
     thread = threading.Thread(target=lambda: answer(_paused_run_id(known)), daemon=True)
     thread.start()
     result = approval_probe(require_signed, str(signers))
