@@ -169,8 +169,9 @@ class S3Store:
             done, _ = wait(pending, return_when=return_when)
             for future in done:
                 parts.append(future.result())
+                sent = pending.pop(future)
                 if progress:
-                    progress(pending.pop(future))
+                    progress(sent)
 
         try:
             with ThreadPoolExecutor(self.max_parts_in_flight) as pool:
