@@ -25,7 +25,8 @@ from tasks.settings import ApprovalPolicy, BackupSettings, UpgradeSettings
 
 HOST_FILE_ENV = "MENDER_UPGRADE_HOST_FILE"  # another path, for tests and non-standard layouts
 DEFAULT_HOST_FILE = Path("/etc/mender-upgrade/host.toml")
-HOST_FILE_HINT = ("create it as root with `install -m 0644 -o root -g root host.toml /etc/mender-upgrade/host.toml` "
+# 0600: the file may hold the S3 secret key; the worker or `serve` that reads it runs as root (Docker).
+HOST_FILE_HINT = ("create it as root with `install -m 0600 -o root -g root host.toml /etc/mender-upgrade/host.toml` "
                   "(see README, 'The host file')")
 
 
