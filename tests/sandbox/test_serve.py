@@ -18,6 +18,7 @@ import yaml
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -61,14 +62,15 @@ def test_serve_registers_on_the_local_server_and_its_manual_run_completes(sandbo
                      120, "the local Prefect server")
             assert serve.poll() is None, log.read_text()
             with get_client(sync_client=True) as client:
-                def manual():
+                def registered():
                     assert serve.poll() is None, log.read_text()
+                    _, manual, drill = deployment_names(host)
                     try:
-                        return client.read_deployment_by_name(f"upgrade-mender/{deployment_names(host)[1]}")
-                    except Exception:  # not registered yet
+                        return (client.read_deployment_by_name(f"upgrade-mender/{manual}"),
+                                client.read_deployment_by_name(f"restore-drill/{drill}"))
+                    except ObjectNotFound:  # not registered yet
                         return None
-                deployment = wait_for(manual, 120, "serve to register the manual deployment on 127.0.0.1:4200")
-                drill = client.read_deployment_by_name(f"restore-drill/{deployment_names(host)[2]}")
+                deployment, drill = wait_for(registered, 120, "serve to register its deployments on 127.0.0.1:4200")
                 assert drill.parameters["settings"]["host_id"] == host
                 stored = deployment.parameters["settings"]["backup"]
                 assert sandbox.s3.secret_key not in str(deployment.parameters)
