@@ -13,5 +13,6 @@ def test_approving_a_run_the_server_does_not_know_is_an_error_not_a_traceback(pr
     run_id = str(uuid.uuid4())
     result = CliRunner().invoke(app, ["approve", run_id])
     assert result.exit_code == 1, result.output
-    assert f"error: not found on the Prefect server: /api/flow_runs/{run_id}" in result.stderr
+    assert f"error: there is no flow run {run_id} on this Prefect server" in result.stderr
+    assert "mender-upgrade history" in result.stderr  # where to find the right id
     assert "Traceback" not in result.output and result.stdout == ""

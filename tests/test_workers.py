@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.definitions import deployment_names
 from flows.runner import api_healthy
+from tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
 from tests.test_serve_shutdown import wait_for
 
@@ -45,7 +46,14 @@ class Host:
         self.tmp = tmp
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
             "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": self.api, "MENDER_HOST": self.name,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1"}
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
+            HOST_FILE_ENV: str(tmp / "host.toml")}
+        # The host file decides what runs started through the API may touch (root-owned, 0600).
+        host_file = tmp / "host.toml"
+        host_file.write_text(f'host_id = "{self.name}"\nintegration_dir = "/opt/mender/integration"\n'
+                             f'[backup]\ntarget = "file://{tmp}/backups"\n')
+        host_file.chmod(0o600)
+        os.chown(host_file, 0, 0)
         self.processes: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str, cwd: Path) -> subprocess.Popen:
@@ -88,7 +96,8 @@ def host(tmp_path: Path) -> Iterator[Host]:
 
 def test_prefect_yaml_deploys_and_a_worker_runs_the_manual_deployment_to_a_clean_refusal(host: Host) -> None:
     pool = f"mender-{host.name}"
-    created = host.run("work-pool", "create", pool, "--type", "process")
+    created = host.run("work-pool", "create", pool, "--type", "process",
+                       "--base-job-template", str(REPO / "deployments" / "process_pool_template.json"))
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = host.run("--no-prompt", "deploy", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
