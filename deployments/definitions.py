@@ -9,7 +9,8 @@ from deployments.notifications import apply_notifications
 from deployments.serving import serve_keeping_paused_runs
 from flows.drill import restore_drill_flow
 from flows.upgrade import upgrade_mender
-from tasks.settings import UpgradeSettings, load_settings
+from tasks.host_policy import narrow, owned_fields, require_host_policy
+from tasks.settings import UpgradeSettings
 
 DRILL_CRON = "0 3 * * 0"
 
@@ -19,28 +20,15 @@ def deployment_names(host: str) -> list[str]:
     return [f"{host}-maintenance-window", f"{host}-manual", f"{host}-weekly-restore-drill"]
 
 
-def s3_secret_block_name(host: str) -> str:
-    return f"mender-upgrade-s3-{host.lower().replace('.', '-').replace('_', '-')}"
-
-
-def keep_secret_in_block(settings: UpgradeSettings) -> UpgradeSettings:
-    """Deployment parameters are readable by anyone with API access: a secret key from the config
-    goes into a Secret block (encrypted at rest, masked in the UI) which the parameters name."""
-    secret = settings.backup.secret_access_key
-    if secret is None:
-        return settings
-    from prefect.blocks.system import Secret
-    name = s3_secret_block_name(settings.host())
-    Secret(value=secret.get_secret_value()).save(name, overwrite=True)
-    data = settings.model_dump()
-    data["backup"] |= {"secret_access_key": None, "secret_block": name}
-    return load_settings(data)
+def deployment_parameters(settings: UpgradeSettings) -> dict:
+    """What the config file set, less what the host file owns: a deployment's parameters are
+    readable (and its form editable) by anyone with API access, so they never carry the
+    integration dir, the backup target or its credentials; the runs take those from the host file."""
+    return {"settings": settings.model_dump(mode="json", exclude_unset=True, exclude=owned_fields())}
 
 
 def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
-    # Only what the config file set (unset fields take the host file's values), never the secret.
-    params = {"settings": settings.model_dump(mode="json", exclude_unset=True,
-                                              exclude={"backup": {"secret_access_key"}})}
+    params = deployment_parameters(settings)
     host = settings.host()
     window_name, manual_name, drill_name = deployment_names(host)
     scheduled = upgrade_mender.to_deployment(
@@ -57,9 +45,13 @@ def build(settings: UpgradeSettings, cron: str, timezone: str) -> list:
 
 def serve_all(settings: UpgradeSettings, cron: str, timezone: str, webhook_url: str | None = None) -> None:
     """Serve the deployments here; with `webhook_url`, first apply the notifications automation.
-    Stopping (SIGTERM) does not cancel runs paused for approval: see deployments/serving.py."""
-    settings = keep_secret_in_block(settings)
-    settings.backup.s3_secret()  # a missing credential is named now, not at 01:00 on Saturday
+    Stopping (SIGTERM) does not cancel runs paused for approval: see deployments/serving.py.
+
+    The served runs are started through the Prefect API, so they take the protected settings
+    from the host file: without one, or with a config that contradicts it, nothing is served."""
+    policy = require_host_policy()
+    narrowed = narrow(settings, policy)  # the config may only narrow the host file, like any run
+    narrowed.backup.s3_secret()  # a missing credential is named now, not at 01:00 on Saturday
     if webhook_url:
         apply_notifications(webhook_url)
     serve_keeping_paused_runs(build(settings, cron, timezone))

@@ -121,6 +121,29 @@ AT_MOST = ("approval.timeout_minutes",)
 SECRET_FIELDS = ("backup.secret_access_key",)
 
 
+def owned_fields() -> dict:
+    """The host-owned fields as a pydantic `exclude` mapping ({"backup": True, "integration_dir": True, ...})."""
+    out: dict = {}
+    for path in OWNED:
+        *parents, leaf = path.split(".")
+        where = out
+        for part in parents:
+            where = where.setdefault(part, {})
+        where[leaf] = True
+    return out
+
+
+def require_host_policy() -> LoadedPolicy:
+    """The host file, or why a process that starts runs through the API cannot work without it."""
+    loaded = load_host_policy()
+    if loaded is None:
+        path, _ = host_file_path()
+        raise HostFileUnsafe(f"no host file at {path}: runs started through the Prefect API (served, scheduled, "
+                             "from the UI) take the integration dir, backup target and approval policy from it",
+                             HOST_FILE_HINT)
+    return loaded
+
+
 def _get(model: BaseModel, path: str) -> Any:
     for part in path.split("."):
         model = getattr(model, part)
@@ -190,11 +213,10 @@ def settings_for_run(run: UpgradeSettings, started_through_api: bool) -> tuple[U
     at this host's terminal without a host file keeps its own settings, with a warning."""
     if started_through_api and (secrets := secrets_in_parameters(run)):
         raise SecretInParameters(secrets)
+    if started_through_api:
+        return narrow(run, require_host_policy()), []
     loaded = load_host_policy()
     if loaded is None:
         path, _ = host_file_path()
-        if started_through_api:
-            raise HostFileUnsafe(f"no host file at {path}: a run started through the Prefect API may not decide "
-                                 "the approval policy, backup target or integration dir by itself", HOST_FILE_HINT)
         return run, [f"no host file at {path}: this run's own settings decide the approval policy and backup target"]
     return narrow(run, loaded), []

@@ -1,10 +1,12 @@
 """`mender-upgrade serve --config FILE` as a new user runs it: no PREFECT_API_URL, the S3 keys in
-the file. It must register on the local server (127.0.0.1:4200, the one `run`, `demo` and the UI
-use), keep the secret key out of the deployment's parameters, and a run of its manual deployment
-must get the key from the host, pause for approval and complete the upgrade on the sandbox."""
+the host file. It must register on the local server (127.0.0.1:4200, the one `run`, `demo` and the
+UI use), keep what the host file owns (the secret key above all) out of the deployment's
+parameters, and a run of its manual deployment must take them from the host file, pause for
+approval and complete the upgrade on the sandbox."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,17 +17,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.definitions import deployment_names, s3_secret_block_name
+from deployments.definitions import deployment_names
 from flows.cli.upgrade import demo_settings
 from flows.runner import api_healthy
 from sandbox import stack
+from tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
 from tests.test_serve_shutdown import wait_for
 
@@ -41,16 +43,23 @@ def _state(client, run_id) -> StateType | None:
 def test_serve_registers_on_the_local_server_and_its_manual_run_completes(sandbox, tmp_path: Path) -> None:
     host = f"served-{uuid.uuid4().hex[:6]}"
     settings = demo_settings(sandbox, "2.7.2").model_dump(mode="json")
-    settings["host_id"] = host
-    settings["backup"]["target"] = f"s3://{sandbox.s3.bucket}/serve-{host}"
-    settings["backup"]["secret_access_key"] = sandbox.s3.secret_key  # the file holds it; nothing else does
+    # The host file (root-owned, 0600) holds what protects the server, the S3 secret included...
+    host_file = tmp_path / "host.toml"
+    backup = {k: v for k, v in settings["backup"].items() if v is not None} | {
+        "target": f"s3://{sandbox.s3.bucket}/serve-{host}", "secret_access_key": sandbox.s3.secret_key}
+    host_file.write_text(f'host_id = "{host}"\nintegration_dir = "{sandbox.integration}"\n[backup]\n'
+                         + "".join(f"{k} = {json.dumps(v)}\n" for k, v in backup.items()))
+    host_file.chmod(0o600)
+    os.chown(host_file, 0, 0)
+    # ...the config file only what a run may choose.
     config = tmp_path / "mender-upgrade.yaml"
-    config.write_text(yaml.safe_dump(settings))
+    config.write_text(yaml.safe_dump({"host_id": host} | {k: settings[k] for k in (
+        "target_version", "stability_window_s", "window", "gateway_smoke")}))
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")
            and not k.startswith("AWS_")}
-    env |= {"MENDER_UPGRADE_HOME": str(home), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env |= {"MENDER_UPGRADE_HOME": str(home), "PREFECT_RUNNER_POLL_FREQUENCY": "1", HOST_FILE_ENV: str(host_file)}
     cli = Path(sys.executable).parent / "mender-upgrade"
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
@@ -72,10 +81,10 @@ def test_serve_registers_on_the_local_server_and_its_manual_run_completes(sandbo
                         return None
                 deployment, drill = wait_for(registered, 120, "serve to register its deployments on 127.0.0.1:4200")
                 assert drill.parameters["settings"]["host_id"] == host
-                stored = deployment.parameters["settings"]["backup"]
+                # Nothing the host file owns is in the (API-readable, UI-editable) parameters.
+                assert "backup" not in deployment.parameters["settings"]
+                assert "integration_dir" not in deployment.parameters["settings"]
                 assert sandbox.s3.secret_key not in str(deployment.parameters)
-                assert stored["secret_block"] == s3_secret_block_name(host)
-                assert Secret.load(stored["secret_block"]).get() == sandbox.s3.secret_key
 
                 run = client.create_flow_run_from_deployment(deployment.id)
                 wait_for(lambda: _state(client, run.id) == StateType.PAUSED
@@ -88,7 +97,7 @@ def test_serve_registers_on_the_local_server_and_its_manual_run_completes(sandbo
                                  and _state(client, run.id), 600, "the served run to end")
                 report = report_of(str(run.id))
                 assert final == StateType.COMPLETED, f"{report}\n{log.read_text()[-3000:]}"
-                assert "**completed**" in report and "approval `plan`: approved by carol" in report
+                assert "**completed**" in report and "approval `plan`: approved, typed name carol" in report
                 assert sandbox.s3.secret_key not in log.read_text()
         assert stack.status()["version"] == "2.7.2"
     finally:
