@@ -25,7 +25,6 @@ from sandbox.seed import artifact_files
 from sandbox.standin_catalogue import compose_images
 from tasks import service_health
 from tasks.containers import PROJECT_LABEL, compose_services, project_states, run_compose
-from tests.flowrun import flow_settings, run_flow
 
 pytestmark = pytest.mark.sandbox
 
@@ -183,25 +182,3 @@ def test_image_without_standin_is_refused_naming_it(monkeypatch, tmp_path):
     repo.create_tag("2.6.5")
     monkeypatch.setenv(UPSTREAM_ENV, str(tmp_path / "upstream"))
     _refused(r"name images with no stand-in: example/exotic-gui:1\.0; nothing was started", "2.6.5")
-
-
-@needs_upstream
-def test_hop_from_2_6_4_to_2_7_2_on_the_real_files(real_upstream, prefect_api):
-    sb = stack.up("2.6.4")
-    try:
-        state, run_id, _ = run_flow(flow_settings(sb, "2.7.2"), answer=lambda d: (True, "real files"))
-        assert state.is_completed(), state.message
-        assert state.result()["outcome"] == "completed", state.result()
-        states = project_states(sb.client)
-        assert "storage-proxy" not in states
-        assert states["mender-deployments"].image == "mendersoftware/deployments:mender-2.7.2"
-        assert sorted(run_compose(sb.integration, ["ps", "--services", "--filter", "status=running"]).split()) \
-            == compose_services(sb.integration)
-        # After the alias patch the storage name reaches minio through the gateway on 443.
-        path, (content, _, _) = next((p, f) for p, f in artifact_files(2604).items()
-                                     if p.startswith("mender-artifact-storage/"))
-        with _raw_https(443, f"/{path}", OPERATOR_STORAGE_HOST) as body:
-            assert hashlib.sha256(body).hexdigest() == hashlib.sha256(content).hexdigest()
-    finally:
-        stack.down()
-    _assert_nothing_left(sb.home)
