@@ -140,7 +140,7 @@ def test_without_a_host_file_only_a_local_run_proceeds(monkeypatch):
     run = load_settings({"approval": {"require_approval": False}})
     effective, warnings = settings_for_run(run, started_through_api=False)
     assert effective is run and "no host file" in warnings[0]
-    with pytest.raises(HostFileUnsafe, match="a run started through the Prefect API"):
+    with pytest.raises(HostFileUnsafe, match="runs started through the Prefect API"):
         settings_for_run(run, started_through_api=True)
 
 
