@@ -28,7 +28,8 @@ from tasks.containers import PROJECT_LABEL, compose_services, project_states, ru
 
 pytestmark = pytest.mark.sandbox
 
-SHARED_BUNDLE = Path("/work/shared/upstream/mendersoftware-integration.bundle")
+# The shared data beside the checkout (the developers' and CI's layout: <folder>/main and <folder>/shared).
+SHARED_BUNDLE = Path(__file__).resolve().parents[3] / "shared" / "upstream" / "mendersoftware-integration.bundle"
 REAL_UPSTREAM = os.environ.get(UPSTREAM_ENV) or (str(SHARED_BUNDLE) if SHARED_BUNDLE.exists() else None)
 needs_upstream = pytest.mark.skipif(REAL_UPSTREAM is None, reason=f"no {UPSTREAM_ENV} and no shared bundle")
 
