@@ -83,7 +83,11 @@ def start_s3(home: SandboxHome) -> S3Endpoint:
     pid = start_detached(argv, log, env=env)
     home.write_state(s3_pid=pid, s3=endpoint.__dict__)
     wait_until(lambda: _answers(endpoint), 60, "SeaweedFS S3", log)
-    endpoint.client().create_bucket(Bucket=endpoint.bucket)
+    try:
+        endpoint.client().create_bucket(Bucket=endpoint.bucket)
+    except ClientError as exc:  # data left by a session killed before `down`: keep using it
+        if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+            raise
     return endpoint
 
 
