@@ -23,6 +23,11 @@ case "$cmd" in
             export DEBIAN_FRONTEND=noninteractive
             apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }
         fi
+        # tests/test_tls_front.py runs Debian's nginx as the TLS front of the README's fleet setup.
+        if [ ! -x /usr/sbin/nginx ]; then
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get install -y -q nginx-light || { apt-get update -q && apt-get install -y -q nginx-light; }
+        fi
         exec .venv/bin/python -m pytest "$@" ;;
     *) echo "usage: scripts/dev.sh demo|test [args]" >&2; exit 2 ;;
 esac

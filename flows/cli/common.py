@@ -68,8 +68,8 @@ def prefect_api():
 
     from flows.runner import ensure_local_server, local_auth_string, require_safe_api
     if PREFECT_API_URL.value():
-        auth = PREFECT_API_AUTH_STRING.value()
-        require_safe_api(PREFECT_API_URL.value(), auth.get_secret_value() if auth else None, PREFECT_API_KEY.value())
+        # Setting.value() unwraps the settings' SecretStr: these are plain strings (or None).
+        require_safe_api(PREFECT_API_URL.value(), PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value())
         yield PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
         return
     api = ensure_local_server(PREFECT_HOME, LOCAL_PORT, log=dim)

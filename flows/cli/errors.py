@@ -86,6 +86,11 @@ def exit_for(exc: BaseException) -> int:
     if isinstance(exc, PrefectHTTPStatusError):
         _say("error", f"the Prefect server answered {exc.response.status_code}: {exc.response.text[:300]}")
         return EXIT_FAILED
+    if isinstance(exc, httpx.TransportError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        from prefect.settings import PREFECT_API_URL
+        _say("error", f"the Prefect API at {PREFECT_API_URL.value()} presents a certificate this machine does not "
+                      f"trust: {exc}", "set SSL_CERT_FILE to the certificate of the CA that signed it")
+        return EXIT_FAILED
     if isinstance(exc, httpx.TransportError):
         _say("error", _prefect_unreachable(exc),
              "start it, or unset PREFECT_API_URL to use the local server on 127.0.0.1:4200 (started when needed)")
