@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +173,35 @@ def test_webhook_called_for_crashed_upgrades_and_failed_or_crashed_drills(notifi
     crash = next(p for p in notifications.for_run(crashed_upgrade) if p["event"] == "prefect.flow-run.Crashed")
     assert crash["state"] == "Crashed" and crash["state_message"] == "the run's process was killed"
     assert "secret-token" not in json.dumps(notifications.posts)  # the webhook's own token is never echoed
+
+
+S3_SECRET = "s3-secret-Zq8vW2kPa9"  # what a run's settings hold (backup.secret_access_key)
+GIT_TOKEN = "ghp_gitToken7Hx3Lm"  # the clone's remote URL credentials
+
+
+@flow(name="upgrade-mender")
+def upgrade_fails_quoting_secrets(integration: str) -> None:
+    """Fails the way a real run does when `./run config` breaks: its output tail - a resolved compose
+    config holding the S3 secret and a git URL with a token - becomes the failure message."""
+    from tasks.containers import run_compose
+    run_compose(Path(integration), ["config"], env={"AWS_SECRET_ACCESS_KEY": S3_SECRET})
+
+
+def test_no_webhook_payload_carries_a_secret_the_run_knew(notifications: Receiver, tmp_path) -> None:
+    production = tmp_path / "integration" / "production"
+    production.mkdir(parents=True)
+    (production / "run").write_text(
+        "#!/bin/sh\n"
+        "echo '  minio:'\n"
+        "echo \"    MINIO_SECRET_KEY: $AWS_SECRET_ACCESS_KEY\"\n"
+        f"echo 'fatal: unable to access https://mender:{GIT_TOKEN}@git.invalid/integration.git/'\n"
+        "exit 1\n")
+    (production / "run").chmod(0o755)
+    failed = run_id_of(upgrade_fails_quoting_secrets(str(tmp_path / "integration"), return_state=True))
+    wait_until(lambda: any(p["event"] == "prefect.flow-run.Failed" for p in notifications.for_run(failed)),
+               what="the Failed webhook call of the run quoting secrets")
+    message = next(p for p in notifications.for_run(failed) if p["event"] == "prefect.flow-run.Failed")["state_message"]
+    sent = json.dumps(notifications.posts)
+    for secret in (S3_SECRET, GIT_TOKEN, "secret-token"):  # the last: the webhook URL's own token
+        assert secret not in sent
+    assert "./run config" in message and "MINIO_SECRET_KEY" in message and "**********" in message  # quoted, masked
