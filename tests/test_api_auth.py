@@ -5,9 +5,6 @@ the tool's own commands work; something else answering on the port is not taken 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,24 +20,14 @@ from flows.cli import common as cli_common
 from flows.cli import app
 from flows.runner import (ALLOW_UNAUTHENTICATED_ENV, ApiNotOurs, ensure_local_server, local_auth_string,
                           require_safe_api)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.local_prefect import local_prefect_server
 
 
 @pytest.fixture(scope="module")
 def local_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("mender-upgrade-home") / "prefect"
-    port = _free_port()
-    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_API_AUTH_STRING}):
-        api = ensure_local_server(home, port, log=lambda m: None)
-        try:
-            yield api, home
-        finally:
-            os.killpg(int((home / "server.pid").read_text()), signal.SIGTERM)
+    with local_prefect_server(home) as api:
+        yield api, home
 
 
 def _call(api: str, method: str, path: str, auth: str | None = None, body: dict | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -18,12 +17,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from flows.runner import ensure_local_server, local_auth_string
+from flows.runner import local_auth_string
+from tests.local_prefect import free_port, local_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_BLOCK = REPO / "deployments" / "nginx-prefect.conf"
@@ -32,12 +32,6 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(),
                                 reason="Debian's nginx is not installed (scripts/dev.sh test installs nginx-light)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
@@ -95,13 +89,10 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def tls_front(tmp_path_factory) -> Iterator[TlsFront]:
     home = tmp_path_factory.mktemp("prefect-home")
-    api_port, tls_port = _free_port(), _free_port()
-    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_API_AUTH_STRING}):
-        ensure_local_server(home, api_port, log=lambda m: None)
-    try:
-        front = tmp_path_factory.mktemp("nginx")
+    with local_prefect_server(home) as api:
+        front, tls_port = tmp_path_factory.mktemp("nginx"), free_port()
         cert, key = _self_signed(front)
-        conf = _nginx_conf(front, cert, key, tls_port, api_port)
+        conf = _nginx_conf(front, cert, key, tls_port, urlsplit(api).port)
         nginx = subprocess.Popen([NGINX, "-p", str(front), "-c", str(conf), "-e", str(front / "error.log")],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
@@ -110,8 +101,6 @@ def tls_front(tmp_path_factory) -> Iterator[TlsFront]:
         finally:
             nginx.terminate()  # SIGTERM: nginx's fast shutdown, workers included
             nginx.wait(timeout=20)
-    finally:
-        os.killpg(int((home / "server.pid").read_text()), signal.SIGTERM)
 
 
 def test_the_readme_shows_the_tested_server_block():
