@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.lock import host_lock
-from tasks.backup import Manifest, ensure_verified_backup
+from tasks.backup import Manifest, ensure_verified_backup, list_backups
 from tests.faults.conftest import (
     SEEN_TEXT,
     assert_invariants,
@@ -209,19 +209,21 @@ def _tar(*entries: tuple[str, bytes, bytes, int, str]) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def real_backup(sandbox):
-    """A real verified backup of this machine's host (the CLI's default host id)."""
+    """A real verified backup of this machine's host (the CLI's default host id), made once per sandbox."""
     settings = flow_settings(sandbox, "2.7.2").backup.model_copy(update={"target": f"s3://{sandbox.s3.bucket}/forged"})
     store = settings.open_store(socket.gethostname())
-    return store, ensure_verified_backup(sandbox.client, sandbox.integration, store, mode="hot", log=lambda m: None)
+    made = [m for m in list_backups(store) if m.verified]  # forged copies are unsigned: never listed
+    return store, made[-1] if made else ensure_verified_backup(sandbox.client, sandbox.integration, store, mode="hot",
+                                                               log=lambda m: None)
 
 
 def _forged_copy(store, manifest: Manifest, tag: str, volume_tar: bytes | None = None, name: str | None = None,
-                 sign: bool = False, tamper_hash: bool = False) -> str:
+                 tamper_hash: bool = False) -> str:
     """A copy of `manifest`'s backup under a new id, as someone who can write to the bucket would
-    make it: the volume archive replaced by `volume_tar` and named `name`, the manifest unsigned
-    (or signed with the right key, to reach the checks behind the signature)."""
+    make it: the volume archive replaced by `volume_tar` and named `name`, the manifest unsigned,
+    or (`tamper_hash`) signed and then given another hash."""
     backup_id = f"{manifest.backup_id}-{tag}"
     doc = json.loads(manifest.to_json(store.signing_key))
     doc["backup_id"] = backup_id
@@ -236,10 +238,8 @@ def _forged_copy(store, manifest: Manifest, tag: str, volume_tar: bytes | None =
         obj["size"], obj["sha256"], obj["version_id"] = len(body), hashlib.sha256(body).hexdigest(), None
         if "/" not in obj["name"] and ";" not in obj["name"]:
             store.put_bytes(obj["key"], body)
-    forged = Manifest.from_json(json.dumps(doc).encode(), b"", allow_unsigned=True) if name is None else None
-    if sign and forged:
-        body = forged.to_json(store.signing_key)
-    elif tamper_hash and forged:
+    if tamper_hash:
+        forged = Manifest.from_json(json.dumps(doc).encode(), b"", allow_unsigned=True)
         signed = json.loads(forged.to_json(store.signing_key))
         signed["objects"][0]["sha256"] = hashlib.sha256(b"forged").hexdigest()
         body = json.dumps(signed).encode()
