@@ -105,12 +105,12 @@ def anonymous_dangling_volumes(client) -> set[str]:
 def test_volume_helpers_leave_no_anonymous_volumes(sandbox, s3_settings):
     """The mongo image declares VOLUME /data/db: every helper container made from it gets an
     anonymous volume, which must go with the helper (backup, drill restore and digest)."""
-    store = s3_settings.open_store()
+    store = s3_settings.open_store("sandbox-host")
     before = anonymous_dangling_volumes(sandbox.client)
     manifest = _backup(sandbox, store)
     image = sandbox.client.containers.get(project_states(sandbox.client)["mender-mongo"].container_id).attrs["Config"]["Image"]
     assert "/data/db" in (sandbox.client.images.get(image).attrs["Config"].get("Volumes") or {})
-    assert restore_drill(sandbox.client, store, manifest, image, log=lambda m: None).passed
+    assert restore_drill(sandbox.client, store, manifest, image, host_id="sandbox-host", log=lambda m: None).passed
     assert anonymous_dangling_volumes(sandbox.client) - before == set()
 
 

@@ -143,6 +143,6 @@ def test_run_with_a_gib_of_artifacts_completes_and_leaves_nothing_running(sandbo
     assert "completed" in result.stdout, result.stdout[-3000:]
     assert "Artifact not found" not in result.stdout + result.stderr
     assert left == {}, f"processes of the tool outlived `mender-upgrade run`: {left}"
-    newest = [m for m in list_backups(settings.backup.open_store()) if m.verified][-1]
+    newest = [m for m in list_backups(settings.backup_store()) if m.verified][-1]
     artifacts = next(o for o in newest.objects if o.name == "mender-artifacts")
     assert artifacts.size > 2**30  # the whole GiB went through the backup
