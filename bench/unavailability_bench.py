@@ -112,7 +112,7 @@ def tool(sb, store, change_mib: float) -> dict[str, float]:
     change_artifacts(sb, change_mib)
     with Prober(sb) as prober:
         start = time.monotonic()
-        writers = writer_services(sb.client)
+        writers = writer_services(sb.client, sb.integration)
         run_compose(sb.integration, ["stop", *writers])
         quiet = finish_backup(sb.client, sb.integration, store, pre, keep_last=1, log=lambda m: None)
         cycle = cycle_containers(sb.client, sb.integration, stability_window=0, smoke=False)
@@ -130,7 +130,7 @@ def documented(sb, change_mib: float, folder: Path) -> dict[str, float]:
                if m.get("Type") == "volume"]
     with Prober(sb) as prober:
         start = time.monotonic()
-        run_compose(sb.integration, ["stop", *writer_services(sb.client)])
+        run_compose(sb.integration, ["stop", *writer_services(sb.client, sb.integration)])
         t = time.monotonic()
         with open(folder / "mongo.archive.gz", "wb") as out:
             subprocess.run(["docker", "exec", mongo.container_id, "mongodump", "--archive", "--gzip", "--quiet"],

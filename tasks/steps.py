@@ -123,7 +123,7 @@ def stop_writers_task(settings: UpgradeSettings) -> list[str]:
         return []
     writers = settings.writer_services
     if writers is None:
-        writers = backup.writer_services(_docker(), settings.compose_project)
+        writers = backup.writer_services(_docker(), settings.integration_dir, settings.compose_project)
     get_run_logger().info(f"quiet period: stopping the writers {', '.join(writers)}")
     if writers:
         containers.run_compose(settings.integration_dir, ["stop", *writers])

@@ -76,7 +76,7 @@ def local_prefect_server(tmp_path: Path):
     """The machine's local Prefect server, as a first `mender-upgrade` command leaves it (port
     4200: hold the docker lock); started here, outside the command under test, so that every
     process left by the command is a leak."""
-    home = tmp_path / "prefect-home"
+    home = tmp_path / "home" / "prefect"  # the command's MENDER_UPGRADE_HOME: same server, same auth string
     api = ensure_local_server(home, log=lambda m: None)
     yield api
     os.killpg(int((home / "server.pid").read_text()), signal.SIGTERM)

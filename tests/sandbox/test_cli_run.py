@@ -57,7 +57,7 @@ def test_rejecting_the_approval_of_run_stops_it_with_exit_code_3(prefect_api, sa
     assert run.returncode == 3, (out, err)
     assert "stopped: approval `plan` rejected: not this week" in err and "Traceback" not in err
     text = " ".join(out.split())
-    assert f"Mender upgrade on {settings.host_id}: rejected" in text and "rejected by dave: not this week" in text
+    assert f"Mender upgrade on {settings.host_id}: rejected" in text and "rejected, typed name dave (unsigned): not this week" in text
 
     history = subprocess.run([str(CLI), "history", "--host", settings.host_id, "--json"], env=env,
                              capture_output=True, text=True, timeout=120)

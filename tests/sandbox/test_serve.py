@@ -21,11 +21,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from deployments.definitions import deployment_names
 from flows.cli.upgrade import demo_settings
-from flows.runner import api_healthy
+from flows.runner import api_healthy, local_auth_string
 from sandbox import stack
 from tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
@@ -60,13 +60,16 @@ def test_serve_registers_on_the_local_server_and_its_manual_run_completes(sandbo
            if k not in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK")
            and not k.startswith("AWS_")}
     env |= {"MENDER_UPGRADE_HOME": str(home), "PREFECT_RUNNER_POLL_FREQUENCY": "1", HOST_FILE_ENV: str(host_file)}
+    auth = local_auth_string(home / "prefect")
     cli = Path(sys.executable).parent / "mender-upgrade"
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         serve = subprocess.Popen([str(cli), "serve", "--config", str(config)], env=env, stdin=subprocess.DEVNULL,
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with temporary_settings({PREFECT_API_URL: LOCAL_API}):
+        # The local server requires the auth string the tool keeps in its home (made here first,
+        # so the server `serve` starts uses the same one).
+        with temporary_settings({PREFECT_API_URL: LOCAL_API, PREFECT_API_AUTH_STRING: auth}):
             wait_for(lambda: api_healthy(LOCAL_API) or serve.poll() is not None,
                      120, "the local Prefect server")
             assert serve.poll() is None, log.read_text()
