@@ -25,6 +25,7 @@ import yaml
 from flows.runner import ensure_local_server
 from sandbox import stack
 from tasks.backup import list_backups
+from tasks.settings import load_settings
 from tests.flowrun import flow_settings
 
 pytestmark = pytest.mark.sandbox
@@ -129,6 +130,8 @@ def test_run_with_a_gib_of_artifacts_completes_and_leaves_nothing_running(sandbo
     settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False)
     data = settings.model_dump(mode="json")
     data["backup"]["secret_access_key"] = sandbox.s3.secret_key
+    # The manifest signing key, where both the command and this test find it.
+    data["backup"]["signing_key_file"] = str(tmp_path / "backup-signing.key")
     config = tmp_path / "upgrade.yaml"
     config.write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")} | {
@@ -143,6 +146,6 @@ def test_run_with_a_gib_of_artifacts_completes_and_leaves_nothing_running(sandbo
     assert "completed" in result.stdout, result.stdout[-3000:]
     assert "Artifact not found" not in result.stdout + result.stderr
     assert left == {}, f"processes of the tool outlived `mender-upgrade run`: {left}"
-    newest = [m for m in list_backups(settings.backup_store()) if m.verified][-1]
+    newest = [m for m in list_backups(load_settings(data).backup_store()) if m.verified][-1]
     artifacts = next(o for o in newest.objects if o.name == "mender-artifacts")
     assert artifacts.size > 2**30  # the whole GiB went through the backup
