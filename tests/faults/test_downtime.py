@@ -48,17 +48,24 @@ def _restart_dockerd(sandbox, down_s: float = 0) -> None:
 
 def _when_recreated(sandbox, action, created: int | None = None) -> threading.Thread:
     """Run `action()` once `./run up -d` has created `created` new containers (default: every
-    service of the merged release, so the health gate runs)."""
+    service of the merged release that the cycle recreates, so the health gate runs). The cycle
+    keeps third-party services whose image and configuration do not change: those containers
+    stay, so "new" means a container id that was not there when the watch began."""
+    label = {"label": "com.docker.compose.project=menderproduction"}
+    initial = {c.id for c in sandbox.client.containers.list(all=True, sparse=True, filters=label)}
 
     def watch() -> None:
-        emptied, wanted = False, created
+        wanted = created
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            count = len(sandbox.client.containers.list(  # sparse: no inspect of containers being removed
-                all=True, sparse=True, filters={"label": "com.docker.compose.project=menderproduction"}))
-            if count == 0 and not emptied:
-                emptied, wanted = True, created or len(compose_services(sandbox.integration))
-            if emptied and count >= wanted:
+            current = sandbox.client.containers.list(  # sparse: no inspect of containers being removed
+                all=True, sparse=True, filters=label)
+            new = [c for c in current if c.id not in initial]
+            if new and wanted is None:
+                services = set(compose_services(sandbox.integration))
+                kept = {c.labels.get("com.docker.compose.service") for c in current if c.id in initial} & services
+                wanted = len(services) - len(kept)
+            if new and len(new) >= wanted:
                 action()
                 return
             time.sleep(0.05)
