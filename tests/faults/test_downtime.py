@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import git
+import docker
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -24,6 +25,7 @@ from sandbox.integration_fixture import add_broken_release
 from sandbox.releases import BROKEN_VERSION
 from sandbox.s3 import S3_PORT
 from tasks.repository import FAILED_PREFIX, markers
+from tasks.errors import UpgradeError
 from tasks.settings import load_settings
 from tasks.containers import compose_services, project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
@@ -47,27 +49,31 @@ def _restart_dockerd(sandbox, down_s: float = 0) -> None:
 
 
 def _when_recreated(sandbox, action, created: int | None = None) -> threading.Thread:
-    """Run `action()` once `./run up -d` has created `created` new containers (default: every
-    service of the merged release that the cycle recreates, so the health gate runs). The cycle
+    """Run `action()` once `./run up -d` has created `created` new containers (default: once every
+    service of the merged release has a container again, so the health gate runs). The cycle
     keeps third-party services whose image and configuration do not change: those containers
     stay, so "new" means a container id that was not there when the watch began."""
     label = {"label": "com.docker.compose.project=menderproduction"}
     initial = {c.id for c in sandbox.client.containers.list(all=True, sparse=True, filters=label)}
 
+    def ready() -> bool:
+        current = sandbox.client.containers.list(  # sparse: no inspect of containers being removed
+            all=True, sparse=True, filters=label)
+        new = [c for c in current if c.id not in initial]
+        if created is not None:
+            return len(new) >= created
+        present = {c.labels.get("com.docker.compose.service") for c in current}
+        return bool(new) and set(compose_services(sandbox.integration)) <= present
+
     def watch() -> None:
-        wanted = created
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            current = sandbox.client.containers.list(  # sparse: no inspect of containers being removed
-                all=True, sparse=True, filters=label)
-            new = [c for c in current if c.id not in initial]
-            if new and wanted is None:
-                services = set(compose_services(sandbox.integration))
-                kept = {c.labels.get("com.docker.compose.service") for c in current if c.id in initial} & services
-                wanted = len(services) - len(kept)
-            if new and len(new) >= wanted:
-                action()
-                return
+            try:
+                if ready():
+                    action()
+                    return
+            except (docker.errors.DockerException, OSError, UpgradeError):
+                pass  # a container removed while listed, or the merge not yet done: look again
             time.sleep(0.05)
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
