@@ -62,7 +62,7 @@ def _when_recreated(sandbox, action, created: int | None = None) -> threading.Th
         new = [c for c in current if c.id not in initial]
         if created is not None:
             return len(new) >= created
-        present = {c.labels.get("com.docker.compose.service") for c in current}
+        present = {(c.attrs.get("Labels") or {}).get("com.docker.compose.service") for c in current}  # sparse: no .labels
         return bool(new) and set(compose_services(sandbox.integration)) <= present
 
     def watch() -> None:
