@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -23,16 +22,11 @@ from deployments.definitions import deployment_names
 from flows.runner import api_healthy
 from tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
+from tests.local_prefect import free_port
 from tests.test_serve_shutdown import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Host:
@@ -41,7 +35,7 @@ class Host:
 
     def __init__(self, tmp: Path) -> None:
         self.name = f"mender{uuid.uuid4().hex[:6]}"
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.tmp = tmp
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
