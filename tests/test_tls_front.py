@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from flows.runner import local_auth_string
-from tests.local_prefect import free_port, local_prefect_server
+from tests.local_prefect import local_prefect_server
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_BLOCK = REPO / "deployments" / "nginx-prefect.conf"

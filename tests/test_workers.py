@@ -22,7 +22,7 @@ from deployments.definitions import deployment_names
 from flows.runner import api_healthy
 from tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
-from tests.local_prefect import free_port
+from tests.ports import free_port
 from tests.test_serve_shutdown import wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -44,12 +44,6 @@ SYSTEM_DBS = ("admin", "local", "config")
 
 if not VENV_PY.exists():
     pytest.skip(f"stand-in venv missing: {VENV_PY} (see tests/unit/test_mongo_standin.py)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StandIn:

@@ -16,7 +16,6 @@ import datetime
 import gzip
 import os
 import signal
-import socket
 import struct
 import subprocess
 import threading
@@ -25,6 +24,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 pymongo = pytest.importorskip("pymongo")
 import bson  # noqa: E402
@@ -55,12 +56,6 @@ DEVICES, AUTH_SETS = 150, 60  # per database; mongoeco inserts/index builds are 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
