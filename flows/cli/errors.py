@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -65,8 +64,8 @@ def exit_for(exc: BaseException) -> int:
     if isinstance(exc, Stopped):
         _say("stopped", exc.message)
         return EXIT_STOPPED
-    if isinstance(exc, (click.Abort, KeyboardInterrupt)):
-        _say("stopped", "not confirmed: nothing was changed" if isinstance(exc, click.Abort) else "interrupted")
+    if isinstance(exc, (typer.Abort, KeyboardInterrupt)):
+        _say("stopped", "not confirmed: nothing was changed" if isinstance(exc, typer.Abort) else "interrupted")
         return EXIT_STOPPED
     if isinstance(exc, UpgradeError):
         if isinstance(exc, _refusal_types()):
@@ -101,10 +100,12 @@ def exit_for(exc: BaseException) -> int:
 class HandledGroup(TyperGroup):
     """The app's group: every command runs inside this one handler."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException):
-            raise  # typer.Exit(code) and usage errors (click prints those itself, exit 2)
+        except (typer.Exit, typer.TyperException):
+            # typer.Exit(code) and usage errors (typer prints those itself, exit 2). Typer >= 0.23
+            # carries its own copy of click: `click`'s classes are not the ones it raises.
+            raise
         except (Exception, KeyboardInterrupt) as exc:
             raise typer.Exit(exit_for(exc)) from None

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -25,9 +24,9 @@ def _dead_api() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/api"
 
 
-def _commands(group: click.Group, prefix: str = ""):
+def _commands(group, prefix: str = ""):
     for name, command in group.commands.items():
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):  # a sub-group (typer's own click, not `click`'s classes)
             yield from _commands(command, f"{prefix}{name} ")
         else:
             yield f"{prefix}{name}", command
@@ -98,3 +97,24 @@ def test_the_installed_command_uses_stderr_and_the_exit_codes(tmp_path: Path) ->
     assert zone.returncode == 2 and "unknown time zone 'Mars/Olympus'" in zone.stderr
     assert cli("no-such-command").returncode == 2
     assert cli("--version").stdout.startswith("mender-upgrade ")
+
+
+def test_a_question_answered_no_is_stopped_and_exit_codes_pass_through() -> None:
+    # Typer >= 0.23 raises its own click's classes (typer.Abort, typer.Exit), not `click`'s.
+    from flows.cli.errors import EXIT_STOPPED, HandledGroup
+    probe = typer.Typer(cls=HandledGroup)
+
+    @probe.command()
+    def ask() -> None:
+        typer.confirm("Replace everything?", abort=True)
+
+    @probe.command()
+    def leave(code: int = typer.Option(..., help="exit code")) -> None:
+        raise typer.Exit(code)
+
+    no = CliRunner().invoke(probe, ["ask"], input="n\n")
+    assert no.exit_code == EXIT_STOPPED, no.output
+    assert "stopped: not confirmed: nothing was changed" in no.stderr and "Aborted" not in no.output
+    assert CliRunner().invoke(probe, ["leave", "--code", "4"]).exit_code == 4
+    usage = CliRunner().invoke(probe, ["leave", "--code", "x"])
+    assert usage.exit_code == 2 and "Traceback" not in usage.output
