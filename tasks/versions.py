@@ -104,7 +104,7 @@ def _next_line(line: tuple[int, int], lines: list[tuple[int, int]],
 
 def allowed_hops(current: Version, versions: list[Version], target: Version) -> list[Version] | None:
     """The hops from `current` to `target`, or None when the rules give no path."""
-    latest = {}
+    latest: dict[tuple[int, int], Version] = {}
     for v in versions:
         latest[v.line] = max(latest.get(v.line, v), v)
     lines = sorted(latest)
