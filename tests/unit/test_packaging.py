@@ -45,14 +45,14 @@ def test_a_folder_with_tasks_py_does_not_shadow_the_installed_flows(tmp_path: Pa
                              capture_output=True, text=True, timeout=60)
     assert version.returncode == 0, version.stderr
     assert version.stdout.startswith("mender-upgrade ")
-    as_module = subprocess.run([sys.executable, "-m", "mender_upgrade.flows.cli", "--version"], cwd=folder,
-                               env=_env(), capture_output=True, text=True, timeout=60)
-    assert (as_module.returncode, as_module.stdout) == (0, version.stdout), as_module.stderr
+    from_folder = subprocess.run([sys.executable, "-c", "from mender_upgrade.flows.cli import app; app()", "--version"],
+                                 cwd=folder, env=_env(), capture_output=True, text=True, timeout=60)
+    assert (from_folder.returncode, from_folder.stdout) == (0, version.stdout), from_folder.stderr
 
 
 def test_a_built_wheel_runs_without_the_checkout_and_refuses_the_sandbox_clearly(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                             "-w", str(wheels), str(REPO)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     [wheel] = wheels.glob("mender_upgrade-*.whl")
