@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect.client.orchestration import get_client
 from prefect.runtime import deployment, flow_run
 
@@ -24,7 +26,7 @@ def allowed_settings(settings: UpgradeSettings) -> tuple[UpgradeSettings, list[s
 def blank_stored_secrets(run_id: str, paths: list[str]) -> None:
     """Replace the secret values in the stored parameters of run `run_id` (dotted paths under `settings`)."""
     with get_client(sync_client=True) as client:
-        parameters = client.read_flow_run(run_id).parameters or {}
+        parameters = client.read_flow_run(UUID(run_id)).parameters or {}
         for path in paths:
             where = parameters.get("settings")
             *parents, leaf = path.split(".")
@@ -32,6 +34,6 @@ def blank_stored_secrets(run_id: str, paths: list[str]) -> None:
                 where = where.get(part) if isinstance(where, dict) else None
             if isinstance(where, dict) and where.get(leaf) is not None:
                 where[leaf] = MASK
-        client.update_flow_run(run_id, parameters=parameters)
+        client.update_flow_run(UUID(run_id), parameters=parameters)
 
 

@@ -117,7 +117,7 @@ def live_runs(client: SyncPrefectClient, host: str) -> list[LiveRun]:
         flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
         flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PAUSED]))))
-    return [LiveRun(str(run.id), run.name, run.state.name if run.state else "?", _host_id(run)) for run in runs
+    return [LiveRun(str(run.id), run.name, (run.state.name if run.state else None) or "?", _host_id(run)) for run in runs
             if not _host_id(run) or lock_name(_host_id(run)) == lock_name(host)]
 
 

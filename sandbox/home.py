@@ -11,8 +11,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.processes import SandboxError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STANDINS = REPO_ROOT / "tests" / "standins"
+
+
+def require_checkout() -> None:
+    """The sandbox builds its images from tests/standins and keeps its state in the checkout:
+    an installed wheel has neither, so it refuses instead of writing into site-packages."""
+    if not STANDINS.is_dir():
+        raise SandboxError(f"the sandbox needs a source checkout of mender-upgrade ({STANDINS} is missing: "
+                           "this is an installed wheel); clone the project and run `bash scripts/dev.sh demo` "
+                           "there, or install the checkout with `pip install -e '.[sandbox]'`")
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,7 @@ class SandboxHome:
 
     @classmethod
     def default(cls) -> "SandboxHome":
+        require_checkout()
         return cls(Path(os.environ.get("MENDER_SANDBOX_HOME", REPO_ROOT / ".sandbox")).resolve())
 
     @property

@@ -8,7 +8,8 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[sandbox,test]'
+# requirements.lock pins every dependency to the versions the suite last passed with.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[sandbox,test]'
 # No telemetry from any server we start; nothing leaves the machine.
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 cmd=${1:-}

@@ -223,16 +223,20 @@ class ExecStream(IterStream):
     mongodump raises before its upload can complete."""
 
     def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        super().__init__(iter(lambda: self.proc.stdout.read(1024 * 1024), b""))
+        stdout, stderr = self.proc.stdout, self.proc.stderr
+        assert stdout is not None and stderr is not None  # both are pipes
+        self.stderr = stderr
+        super().__init__(iter(lambda: stdout.read(1024 * 1024), b""))
 
     def readinto(self, target) -> int:
         n = super().readinto(target)
         if n == 0:
-            stderr = self.proc.stderr.read().decode(errors="replace")
+            stderr = self.stderr.read().decode(errors="replace")
             if self.proc.wait() != 0:
                 tail = "\n".join(stderr.strip().splitlines()[-5:])
-                raise DumpFailed(f"`{' '.join(self.proc.args[3:])}` exited {self.proc.returncode}: {tail}",
+                raise DumpFailed(f"`{' '.join(self.argv[3:])}` exited {self.proc.returncode}: {tail}",
                                  "check that mender-mongo is healthy; no backup object was completed")
         return n
 

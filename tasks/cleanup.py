@@ -581,7 +581,7 @@ def count_old_clients(client: MongoClient, below: str = OLD_CLIENT_BELOW) -> Old
                 total += 1
                 if parsed < limit:
                     old += 1
-                    versions[value] += 1
+                    versions[str(value)] += 1  # a str: _version parsed it
     return OldClients(below, old, total, unknown, dict(sorted(versions.items())))
 
 
@@ -597,8 +597,8 @@ from tasks.settings import BackupSettings  # noqa: E402
 
 from tasks.errors import retry_on_transient  # noqa: E402
 
-_RETRIES = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_on_transient,
-                cache_policy=NO_CACHE)  # never a cached answer: leftovers must be queried each time
+_RETRIES: dict[str, Any] = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_on_transient,
+                                 cache_policy=NO_CACHE)  # never a cached answer: leftovers must be queried each time
 
 
 @task(name="find-decommissioned-leftovers", **_RETRIES)

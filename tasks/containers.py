@@ -89,7 +89,8 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
 def _probe(states: dict[str, ServiceState], services: list[str]) -> dict[str, service_health.Answer]:
     """Each running service's health endpoint (a container with no address fails unasked)."""
     probed = [s for s in services if s in states and states[s].ok and states[s].health_path]
-    answers = service_health.probe_health({s: (states[s].ip, states[s].health_path) for s in probed if states[s].ip})
+    answers = service_health.probe_health({s: (ip, path) for s in probed
+                                          if (ip := states[s].ip) and (path := states[s].health_path)})
     return answers | {s: service_health.Answer(None, "no address on the compose network", 0.0)
                       for s in probed if not states[s].ip}
 

@@ -5,6 +5,11 @@ The flow retries only `TransientError`s; everything else stops the run at once.
 
 from __future__ import annotations
 
+from typing import Callable, ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class UpgradeError(Exception):
     """Base of every error this tool raises on purpose."""
@@ -49,7 +54,7 @@ class MongoFailed(UpgradeError):
     """A MongoDB call failed (connection lost, command refused)."""
 
 
-def typed_outside_errors(function):
+def typed_outside_errors(function: Callable[P, R]) -> Callable[P, R]:
     """At the adapter (the task wrappers): failures of the Docker SDK and pymongo become typed
     errors with a hint, so the flow and the report never see a bare library exception."""
     import functools
@@ -59,7 +64,7 @@ def typed_outside_errors(function):
     from pymongo.errors import PyMongoError
 
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
         except (requests.ConnectionError, requests.Timeout, docker.errors.DockerException) as exc:

@@ -50,7 +50,7 @@ def mongo_url(client: docker.DockerClient, project: str = PROJECT) -> str:
 
 
 def connect(url: str, timeout_ms: int = 8000) -> MongoClient:
-    client = MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
     try:
         client.admin.command("ping")
     except ConfigurationError as exc:

@@ -800,7 +800,7 @@ def _bind(template: object, current: object, bound: dict[str, str]) -> None:
         for key in template.keys() & current.keys():
             _bind(template[key], current[key], bound)
     elif isinstance(template, list) and isinstance(current, list) and len(template) == len(current):
-        for t, c in zip(template, current):
+        for t, c in zip(template, current, strict=True):
             _bind(t, c, bound)
     elif isinstance(template, str) and isinstance(current, str) and any(p in template for p in PLACEHOLDERS):
         match = _pattern(template).match(current)

@@ -101,6 +101,7 @@ def mongorestore_from_store(container_id: str, chunks: Iterator[bytes], obj: Bac
     proc = subprocess.Popen(["docker", "exec", "-i", container_id, "mongorestore", "--archive", "--gzip",
                              "--drop", "--quiet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stderr is not None  # both are pipes
     hashing = _HashingChunks(chunks, obj, progress)
     try:
         for chunk in hashing:

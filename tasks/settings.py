@@ -10,9 +10,10 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from tasks.backup import load_signing_key
 from tasks.errors import UpgradeError
@@ -94,7 +95,7 @@ class BackupSettings(BaseModel):
         if self.secret_block:
             from prefect.blocks.system import Secret  # only where the block is used
             try:
-                return str(Secret.load(self.secret_block).get())
+                return str(cast(Secret, Secret.load(self.secret_block)).get())  # load() is sync here
             except ValueError:  # Prefect's "Unable to find block document named ..."
                 raise ConfigInvalid(f"backup.secret_block: no Secret block named {self.secret_block!r} on this "
                                     "Prefect server",
@@ -165,7 +166,7 @@ class UpgradeSettings(BaseModel):
         return self.backup.open_store(self.host())
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     field = ".".join(str(p) for p in error["loc"]) or "(top level)"
     msg = error["msg"]
     if error["type"] == "extra_forbidden":

@@ -8,6 +8,8 @@ steps are never cached. The logic lives in the step modules and is tested withou
 from __future__ import annotations
 
 import time
+from typing import Any, cast
+from uuid import UUID
 
 import docker
 from prefect import get_run_logger, task
@@ -19,9 +21,9 @@ from tasks import backup, containers, mongo, mongo_upgrade, precopy, preflight, 
 from tasks.errors import retry_on_transient, typed_outside_errors
 from tasks.settings import UpgradeSettings
 
-TRANSIENT = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-                 retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
-ONCE = dict(retries=0, cache_policy=NO_CACHE)
+TRANSIENT: dict[str, Any] = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+                                  retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+ONCE: dict[str, Any] = dict(retries=0, cache_policy=NO_CACHE)
 
 
 def _docker(wait_s: float = 0) -> docker.DockerClient:
@@ -39,7 +41,7 @@ def _docker(wait_s: float = 0) -> docker.DockerClient:
 
 @task(name="plan-upgrade", **TRANSIENT)
 @typed_outside_errors
-def plan_task(settings: UpgradeSettings):
+def plan_task(settings: UpgradeSettings) -> repository.UpgradePlan:
     repo = repository.open_integration(settings.integration_dir)
     repository.check_preconditions(repo)
     repository.fetch_tags(repo)
@@ -88,7 +90,7 @@ def preflight_task(settings: UpgradeSettings, plan) -> list[preflight.Check]:
 
 def _progress_callback(title: str):
     """A byte counter feeding a Prefect progress artifact (updated at most every 16 MiB)."""
-    artifact_id = create_progress_artifact(progress=0.0, description=title)
+    artifact_id = cast(UUID, create_progress_artifact(progress=0.0, description=title))  # sync here
     state = {"bytes": 0, "reported": 0}
 
     def progress(n: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 import tempfile
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, ContextManager, Iterator, Protocol
+from typing import IO, Any, Callable, ContextManager, Iterator, Protocol
 from urllib.parse import urlparse
 
 import boto3
@@ -62,15 +63,21 @@ class TargetRefused(UpgradeError):
     """The backup target is not acceptable (no prefix, a symlink, unsafe permissions)."""
 
 
+# A readable byte stream: a file, a pipe, or a volumes.IterStream over chunks.
+ByteStream = IO[bytes] | io.RawIOBase
+
+
 class BackupStore(Protocol):
-    uri: str
+    @property
+    def uri(self) -> str: ...
+
     host_id: str          # the namespace `<target>/<host_id>/` this store reads and writes ("" = the target root)
     signing_key: bytes    # HMAC key of manifests; kept outside the backups
 
-    def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt: ...
+    def upload_stream(self, key: str, stream: ByteStream, progress: Progress | None = None) -> ObjectReceipt: ...
     def read_chunks(self, key: str, version_id: str | None = None) -> Iterator[bytes]: ...
     def pinned(self, key: str, version_id: str | None) -> "ContextManager[Callable[[], Iterator[bytes]]]": ...
-    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> str | None: ...  # the version id where the bucket keeps versions
     def get_bytes(self, key: str) -> bytes: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def delete_keys(self, keys: list[str]) -> None: ...
@@ -78,7 +85,7 @@ class BackupStore(Protocol):
     def abort_stale_uploads(self) -> list[str]: ...
 
 
-def read_full(stream: BinaryIO, size: int) -> bytes:
+def read_full(stream: ByteStream, size: int) -> bytes:
     """Read up to `size` bytes, looping over short reads of pipes and sockets."""
     parts, got = [], 0
     while got < size:
@@ -108,7 +115,7 @@ class BucketNotImmutable(UpgradeError):
 class S3Store:
     bucket: str
     prefix: str
-    client: object
+    client: Any  # a boto3 S3 client (untyped)
     endpoint: str
     server_side_encryption: str | None = None
     object_lock_days: int | None = None
@@ -147,7 +154,7 @@ class S3Store:
                       "ObjectLockRetainUntilDate": datetime.now(timezone.utc) + timedelta(days=self.object_lock_days)}
         return extra
 
-    def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt:
+    def upload_stream(self, key: str, stream: ByteStream, progress: Progress | None = None) -> ObjectReceipt:
         full = self._key(key)
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **self._extra())["UploadId"]
@@ -401,7 +408,7 @@ class LocalStore:
                     out.append(path)
         return out
 
-    def upload_stream(self, key: str, stream: BinaryIO, progress: Progress | None = None) -> ObjectReceipt:
+    def upload_stream(self, key: str, stream: ByteStream, progress: Progress | None = None) -> ObjectReceipt:
         path = self._path(key)
         self._make_dirs(path.parent)
         partial = path.with_name(path.name + ".partial")

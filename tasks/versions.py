@@ -93,10 +93,10 @@ def _next_line(line: tuple[int, int], lines: list[tuple[int, int]],
     shortcut = SHORTCUTS.get(line)
     if shortcut in lines and shortcut <= goal:
         return shortcut
-    later = [l for l in lines if l > line]
+    later = [v for v in lines if v > line]
     if not later:
         return None
-    same_major = [l for l in later if l[0] == line[0]]
+    same_major = [v for v in later if v[0] == line[0]]
     if same_major:
         return same_major[0]
     return later[0] if later[0][0] == line[0] + 1 else None
@@ -104,7 +104,7 @@ def _next_line(line: tuple[int, int], lines: list[tuple[int, int]],
 
 def allowed_hops(current: Version, versions: list[Version], target: Version) -> list[Version] | None:
     """The hops from `current` to `target`, or None when the rules give no path."""
-    latest = {}
+    latest: dict[tuple[int, int], Version] = {}
     for v in versions:
         latest[v.line] = max(latest.get(v.line, v), v)
     lines = sorted(latest)

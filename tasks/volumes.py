@@ -17,12 +17,15 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import BinaryIO, Generator, Iterator
+from typing import TYPE_CHECKING, Generator, Iterator, Sequence
 
 import docker
 import yaml
 
 from tasks.errors import UpgradeError
+
+if TYPE_CHECKING:
+    from tasks.store import ByteStream
 
 MOUNT_ROOT = "/mender-upgrade"
 HELPER_LABEL = "org.mender-upgrade.helper"
@@ -72,7 +75,7 @@ def _dbpath(command: list[str]) -> str | None:
 
 
 def installation_volumes(client: docker.DockerClient, project: str, mongo_service: str,
-                         declared: list[str] = ()) -> InstallationVolumes:
+                         declared: Sequence[str] = ()) -> InstallationVolumes:
     """Named volumes mounted by the project's containers (`docker inspect`), plus the external
     volumes `declared` in prod.yml; those mounted at the mongo service's data paths are set apart."""
     names, mongo_data = set(declared), set()
@@ -220,7 +223,7 @@ class TarDigest:
                                                member.size)
 
 
-def _sha256_of_file(data: BinaryIO) -> str:
+def _sha256_of_file(data: ByteStream) -> str:
     """Hash a member in 1 MiB reads: a 4 GiB file never sits in memory."""
     digest = hashlib.sha256()
     while chunk := data.read(1024 * 1024):
@@ -228,7 +231,7 @@ def _sha256_of_file(data: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def digest_tar(stream: BinaryIO, volume: str | None = None) -> TarDigest:
+def digest_tar(stream: ByteStream, volume: str | None = None) -> TarDigest:
     """Per-file digest of a tar stream (as it would be restored); with `volume`, also refuse
     unsafe entries."""
     out = TarDigest()
@@ -237,11 +240,12 @@ def digest_tar(stream: BinaryIO, volume: str | None = None) -> TarDigest:
             if volume is not None:
                 check_member(member, volume)
                 safe_member(member)
-            out.add(member, _sha256_of_file(tar.extractfile(member)) if member.isfile() else None)
+            data = tar.extractfile(member) if member.isfile() else None
+            out.add(member, _sha256_of_file(data) if data else None)
     return out
 
 
-def checked_tar_chunks(source: BinaryIO, volume: str) -> Iterator[bytes]:
+def checked_tar_chunks(source: ByteStream, volume: str) -> Iterator[bytes]:
     """Re-emit a tar stream member by member, refusing unsafe entries before they are written."""
     read_end, write_end = os.pipe()
     failure: list[BaseException] = []
@@ -268,7 +272,7 @@ def checked_tar_chunks(source: BinaryIO, volume: str) -> Iterator[bytes]:
         raise failure[0]
 
 
-def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_stream: BinaryIO,
+def restore_volume(client: docker.DockerClient, image: str, volume: str, tar_stream: ByteStream,
                    archive_root: str | None = None, removed: list[str] | None = None) -> None:
     """Empty `volume` and fill it from a tar written by `volume_tar_stream` (entries checked);
     with `removed` (a delta), remove just those paths below the volume root instead of all.

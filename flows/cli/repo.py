@@ -122,7 +122,7 @@ def repo_update(config: Path = CONFIG, integration: Path = INTEGRATION,
         raise typer.Exit(EXIT_STOPPED)
     if not result.hops:
         raise typer.Exit(EXIT_DONE)
-    for index, (old, new) in enumerate(zip([result.current, *result.hops], result.hops)):
+    for index, (old, new) in enumerate(zip([result.current, *result.hops], result.hops, strict=False)):
         _print_review(repository.review_hop(repo, old, new), show_diff, first=index == 0)
     if dry_run:
         repository.dry_run(repo, result.hops, on_hop=lambda hop: _print_hop(hop, dry=True))

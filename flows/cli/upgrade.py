@@ -218,6 +218,8 @@ def demo(version: str = typer.Option("2.6.4", "--version", help="old release the
                                              help="seed this many GiB of incompressible artifacts first")) -> None:
     """The embedded default: sandbox at an old release, a real upgrade with approval, the report."""
     from sandbox import stack
+    from sandbox.home import require_checkout
+    require_checkout()  # before a Prefect server is started for nothing
     with prefect_api() as ui:
         sb = stack.up(version, log=dim, artifacts_gib=artifacts_gib)
         console.print(f"Prefect UI: {ui}; upgrading {version} -> {to}", markup=False)
