@@ -96,6 +96,14 @@ def renamed_secret_key_description(run_id: str, digest: str) -> str:
                                 {}, load_settings({}))
 
 
+def test_a_toml_config_with_a_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[backup]\nsecret_access_key = "{SECRET}\ntarget = "x"\n')  # the quote never closes
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "not valid TOML" in result.output and "line 2" in result.output
+    assert SECRET not in result.output
+
+
 def test_approval_description_shows_changed_keys_never_values():
     """A template change renaming a secret-bearing key: the description names the key and what
     happens, never a value."""
