@@ -49,7 +49,7 @@ def weed_binary() -> str:
 
 
 def _answers(endpoint: S3Endpoint) -> bool:
-    if not port_open(S3_PORT):
+    if not port_open(int(endpoint.url.rsplit(":", 1)[1])):
         return False
     try:
         endpoint.client().list_buckets()
@@ -58,23 +58,24 @@ def _answers(endpoint: S3Endpoint) -> bool:
         return False
 
 
-def start_s3(home: SandboxHome) -> S3Endpoint:
+def start_s3(home: SandboxHome, s3_port: int = S3_PORT, weed_ports: dict[str, int] = WEED_PORTS) -> S3Endpoint:
+    """SeaweedFS on the sandbox's fixed ports, or (for a test needing S3 alone) on the ports given."""
     state = home.read_state()
     if pid_alive(state.get("s3_pid")) and state.get("s3"):
         endpoint = S3Endpoint(**state["s3"])
         if _answers(endpoint):
             return endpoint
-    busy = [p for p in [S3_PORT, *WEED_PORTS.values()] if port_open(p)]
+    busy = [p for p in [s3_port, *weed_ports.values()] if port_open(p)]
     if busy:
         raise SandboxError(f"ports {busy} on 127.0.0.1 are taken; the sandbox's S3 server needs them")
-    endpoint = S3Endpoint(url=f"http://127.0.0.1:{S3_PORT}", access_key="sandbox-admin",
+    endpoint = S3Endpoint(url=f"http://127.0.0.1:{s3_port}", access_key="sandbox-admin",
                           secret_key=secrets.token_hex(20), bucket=BUCKET)
     data, logdir = home.run / "s3", home.logs / "weed"
     data.mkdir(parents=True, exist_ok=True)
     logdir.mkdir(parents=True, exist_ok=True)
     argv = [weed_binary(), f"-logdir={logdir}", "mini", f"-dir={data}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", f"-s3.port={S3_PORT}",
-            *[f"-{k}={v}" for k, v in WEED_PORTS.items()],
+            "-ip.bind=127.0.0.1", f"-s3.port={s3_port}",
+            *[f"-{k}={v}" for k, v in weed_ports.items()],
             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false"]
     env = os.environ | {"AWS_ACCESS_KEY_ID": endpoint.access_key,

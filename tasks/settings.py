@@ -81,6 +81,14 @@ class BackupSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _secret_block_needs_key_id(self) -> "BackupSettings":
+        if self.secret_block and not self.access_key_id:
+            # S3 clients refuse a secret key without its key id (boto3: partial credentials).
+            raise ValueError("backup.access_key_id: needed with backup.secret_block (the block holds only the "
+                             "secret key); set the access key id beside it")
+        return self
+
+    @model_validator(mode="after")
     def _immutable_needs_s3(self) -> "BackupSettings":
         if self.immutable and not self.target.startswith("s3://"):
             raise ValueError("backup.immutable needs an s3:// target (a local folder cannot be made immutable)")
@@ -99,8 +107,8 @@ class BackupSettings(BaseModel):
             except ValueError:  # Prefect's "Unable to find block document named ..."
                 raise ConfigInvalid(f"backup.secret_block: no Secret block named {self.secret_block!r} on this "
                                     "Prefect server",
-                                    "start `mender-upgrade serve --config FILE` with the secret in the file (it "
-                                    "saves the block), or create the block in the UI (Blocks, Secret)") from None
+                                    "create it under that name in the UI (Blocks, +, Secret; see README, "
+                                    "'The host file')") from None
         if self.access_key_id:
             secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
             if not secret:

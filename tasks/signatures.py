@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -48,6 +49,14 @@ def sign(payload: bytes, key: Path) -> str:
     return done.stdout.decode()
 
 
+def _signing_key(sig: Path, payload: bytes) -> str:
+    """' by <type> key SHA256:...' of the key that made `sig` (whoever that is), or '' if unreadable."""
+    done = subprocess.run(["ssh-keygen", "-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(sig)], input=payload,
+                          capture_output=True, timeout=30)
+    found = re.search(rb"signature with (\S+) key (SHA256:[A-Za-z0-9+/=]+)", done.stdout)
+    return f" by {found[1].decode()} key {found[2].decode()}" if done.returncode == 0 and found else ""
+
+
 def verify(payload: bytes, signature: str, allowed_signers: Path) -> str:
     """The identity (principal) of `allowed_signers` whose key made `signature` over `payload`."""
     if not allowed_signers.is_file():
@@ -60,8 +69,8 @@ def verify(payload: bytes, signature: str, allowed_signers: Path) -> str:
                                 "-n", NAMESPACE], capture_output=True, text=True, timeout=30)
         principals = found.stdout.split()
         if found.returncode != 0 or not principals:
-            raise SignatureInvalid(f"the approval's signature is not from a key in {allowed_signers}",
-                                   "sign with a key listed there, or have root add your public key")
+            raise SignatureInvalid(f"the approval's signature{_signing_key(sig, payload)} is not from a key in "
+                                   f"{allowed_signers}", "sign with a key listed there, or have root add your public key")
         checked = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed_signers), "-I", principals[0],
                                   "-n", NAMESPACE, "-s", str(sig)], input=payload, capture_output=True, timeout=30)
     if checked.returncode != 0:

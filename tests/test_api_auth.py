@@ -70,6 +70,19 @@ def test_the_tools_own_commands_work(local_server, monkeypatch):
     assert refused.exit_code == 1 and "there is no flow run" in " ".join(refused.output.split())
 
 
+def test_a_wrong_auth_string_is_a_clear_error_naming_it(local_server, monkeypatch):
+    """The operator's CLI with PREFECT_API_URL and a wrong PREFECT_API_AUTH_STRING: refused by the
+    server before anything is read or changed; one message naming the setting, no traceback."""
+    api, _ = local_server
+    wrong = "mender-upgrade:not-the-servers-string"
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: wrong}):
+        refused = CliRunner().invoke(app, ["history", "--json"])
+    output = " ".join(refused.output.split())
+    assert refused.exit_code == 1, refused.output
+    assert "refused our credentials (HTTP 401)" in output and "PREFECT_API_AUTH_STRING" in output
+    assert "Traceback" not in output and "not-the-servers-string" not in output
+
+
 def test_a_server_with_another_auth_string_is_not_taken_for_ours(local_server, tmp_path):
     api, _ = local_server
     other_home = tmp_path / "other"

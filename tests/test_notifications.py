@@ -28,6 +28,11 @@ from prefect.states import State  # noqa: E402
 
 from deployments.notifications import (  # noqa: E402
     AUTOMATION_NAME, ROLLED_BACK_EVENT, WEBHOOK_BLOCK_NAME, apply_notifications, emit_rolled_back)
+from flows.approvals import Binding, ask_approval  # noqa: E402
+from tasks.errors import UpgradeError  # noqa: E402
+from tests.flowrun import everything_recorded  # noqa: E402
+from tests.unit.test_redaction import SECRET as RENAMED_KEYS_SECRET  # noqa: E402
+from tests.unit.test_redaction import renamed_secret_key_description  # noqa: E402
 
 
 @dataclass
@@ -205,3 +210,29 @@ def test_no_webhook_payload_carries_a_secret_the_run_knew(notifications: Receive
     for secret in (S3_SECRET, GIT_TOKEN, "secret-token"):  # the last: the webhook URL's own token
         assert secret not in sent
     assert "./run config" in message and "MINIO_SECRET_KEY" in message and "**********" in message  # quoted, masked
+
+
+@flow(name="upgrade-mender")
+def approval_over_a_renamed_secret_key() -> None:
+    """The approval gate of a hop whose template renames a secret-bearing key: its form (a run
+    input) holds the description; nobody answers, the pause times out, the run fails."""
+    run_id, digest = str(current_run.id), "d" * 64
+    decision = ask_approval("plan", renamed_secret_key_description(run_id, digest), 2, 1, Binding(run_id, digest))
+    raise UpgradeError(f"approval `plan` {decision.outcome}: {decision.comment}")
+
+
+def test_the_secret_of_a_renamed_key_reaches_no_run_input_event_or_webhook(notifications: Receiver) -> None:
+    """The secret scan over what a real server keeps and sends for that run: its flow-run inputs
+    (the approval form and description), its events, its logs and state, and the webhook payloads."""
+    run_id = run_id_of(approval_over_a_renamed_secret_key(return_state=True))
+    expected = {"prefect.flow-run.Paused", "prefect.flow-run.Failed"}
+    wait_until(lambda: expected <= {p["event"] for p in notifications.for_run(run_id)},
+               what=f"the Paused and Failed webhook calls of {run_id}")
+    _, recorded = everything_recorded(run_id)
+    # What the scan reads holds the description, the renamed key and the webhook calls: the secret
+    # had every chance to be there.
+    assert "`services.minio.environment.MINIO_SECRET_KEY`: customized" in recorded
+    assert '"event":"prefect.flow-run.Paused"' in recorded.replace(" ", "")
+    sent = json.dumps(notifications.for_run(run_id))
+    assert RENAMED_KEYS_SECRET not in recorded and RENAMED_KEYS_SECRET not in sent
+    assert "minio-secret-here" not in recorded + sent

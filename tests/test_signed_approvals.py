@@ -3,6 +3,7 @@ session's Prefect test server (no Docker): the CLI's `approve` path answers the 
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,10 @@ from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 
 from flows.approvals import Binding, ask_approval
-from flows.runner import _form_defaults, answer_for, approve
+from flows.report import RunReport, publish
+from flows.runner import _form_defaults, answer_for, approve, history, report_markdown
+from flows.upgrade import _approve, _now
+from tasks.settings import load_settings
 from tasks.signatures import plan_digest
 from tests.unit.test_signatures import keys  # noqa: F401 (fixture)
 
@@ -30,12 +34,24 @@ def approval_probe(require_signed: bool, allowed_signers: str) -> dict:
     return vars(ask_approval("plan", "## probe", 60, 1, binding))
 
 
-def _paused_run_id(known: set[str], timeout_s: float = 60) -> str:
+@flow(name="upgrade-mender", persist_result=False)
+def upgrade_gate_probe(signers: str) -> None:
+    """The upgrade flow's own approval step and report, without a Mender server to plan for:
+    `_approve` records the decision in the report, `publish` makes it the run's history."""
+    settings = load_settings({"host_id": "gate-probe", "approval": {"require_signed": True, "allowed_signers": signers}})
+    report = RunReport(host="gate-probe", run_id=str(flow_run.id), current="2.6.4", target="2.7.2", hops=["2.7.2"],
+                       plan_digest=DIGEST)
+    if _approve(report, "plan", "## probe", settings, 1, _now()):
+        report.outcome = "completed"
+    publish(report)
+
+
+def _paused_run_id(known: set[str], timeout_s: float = 60, flow_name: str = "approval-probe") -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
             for run in client.read_flow_runs(  # the session's server holds other tests' runs too
-                    flow_filter=FlowFilter(name=FlowFilterName(any_=["approval-probe"])),
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                         type=FlowRunFilterStateType(any_=[StateType.PAUSED])))):
                 keys = (run.state.state_details.run_input_keyset or {}) if run.state else {}
@@ -43,19 +59,31 @@ def _paused_run_id(known: set[str], timeout_s: float = 60) -> str:
                         and keys.get("schema")):
                     return str(run.id)
         time.sleep(0.3)
-    raise AssertionError("no paused approval-probe run")
+    raise AssertionError(f"no paused {flow_name} run")
+
+
+def _answered_while_running(answer, flow_name: str, run) -> tuple[object, str]:
+    """(what `run()` returns, the run id): `answer(run_id)` answers the form of the `flow_name` run
+    that pauses, from another thread."""
+    with get_client(sync_client=True) as client:
+        known = {str(r.id) for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(
+            any_=[flow_name])))}
+    answered: list[str] = []
+
+    def find_and_answer() -> None:
+        answered.append(_paused_run_id(known, flow_name=flow_name))
+        answer(answered[0])
+
+    thread = threading.Thread(target=find_and_answer, daemon=True)
+    thread.start()
+    result = run()
+    thread.join(10)
+    return result, answered[0]
 
 
 def _run_answered_by(answer, require_signed: bool, signers: Path) -> dict:
     """Run the probe; `answer(run_id)` answers its form from another thread."""
-    with get_client(sync_client=True) as client:
-        known = {str(r.id) for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(
-            any_=["approval-probe"])))}
-    thread = threading.Thread(target=lambda: answer(_paused_run_id(known)), daemon=True)
-    thread.start()
-    result = approval_probe(require_signed, str(signers))
-    thread.join(10)
-    return result
+    return _answered_while_running(answer, "approval-probe", lambda: approval_probe(require_signed, str(signers)))[0]
 
 
 def test_a_signed_approval_is_verified_and_cannot_be_replayed(prefect_api, keys):  # noqa: F811
@@ -90,3 +118,30 @@ def test_unsigned_and_unknown_key_answers_count_as_rejected(prefect_api, keys): 
     assert by_mallory["verified_identity"] == ""
     typed = _run_answered_by(lambda run_id: approve(run_id, True, "ok", "bob"), False, keys["signers"])
     assert (typed["outcome"], typed["approver"], typed["verified_identity"]) == ("approved", "bob", "")
+
+
+def _gate_probe_answered_by(answer, signers: Path) -> str:
+    return _answered_while_running(answer, "upgrade-mender", lambda: upgrade_gate_probe(str(signers)))[1]
+
+
+def test_an_unknown_keys_signature_is_refused_in_the_runs_history(prefect_api, keys):  # noqa: F811
+    """Bad input: a signature from an unknown key. The run ends refused, nothing after the gate ran,
+    and its report (the UI's history, `mender-upgrade history`) names the key and the typed name."""
+    run_id = _gate_probe_answered_by(lambda r: approve(r, True, "looks fine", "alice", sign_with=keys["mallory"]),
+                                     keys["signers"])
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(keys["mallory"].with_suffix(".pub"))], check=True,
+                                 capture_output=True, text=True).stdout.split()[1]
+    report = report_markdown(run_id)
+    assert "**refused**" in report
+    assert (f"approval `plan`: refused, typed name alice (unsigned): the approval's signature by ED25519 key "
+            f"{fingerprint} is not from a key in {keys['signers']}") in report
+    row = next(r for r in history() if r["id"] == run_id)
+    assert row["outcome"] == "refused" and fingerprint in row["reason"]
+    assert row["approvals"] == [{"gate": "plan", "outcome": "refused", "approver": "alice"}]
+
+
+def test_a_verified_signer_is_shown_apart_from_the_typed_name(prefect_api, keys):  # noqa: F811
+    run_id = _gate_probe_answered_by(lambda r: approve(r, True, "reviewed", "bob", sign_with=keys["alice"]),
+                                     keys["signers"])
+    report = report_markdown(run_id)
+    assert "approval `plan`: approved, typed name bob (verified signer **alice@example.com**): reviewed" in report

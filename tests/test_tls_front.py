@@ -57,12 +57,17 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _nginx_conf(directory: Path, cert: Path, key: Path, tls_port: int, api_port: int) -> Path:
+def _nginx_conf(directory: Path, cert: Path, key: Path, tls_port: int | None = None, api_port: int | None = None) -> Path:
+    """The README's server block with this test's certificate and name; without ports it listens on
+    443 and proxies to 127.0.0.1:4200 as written (inside a network namespace of its own)."""
     server = SERVER_BLOCK.read_text()
-    for old, new in (("listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;"),
-                     ("server_name prefect.example.com;", f"server_name {HOST_NAME};"),
-                     ("/etc/ssl/prefect/fullchain.pem", str(cert)), ("/etc/ssl/prefect/privkey.pem", str(key)),
-                     ("http://127.0.0.1:4200;", f"http://127.0.0.1:{api_port};")):
+    replacements = [("server_name prefect.example.com;", f"server_name {HOST_NAME};"),
+                    ("/etc/ssl/prefect/fullchain.pem", str(cert)), ("/etc/ssl/prefect/privkey.pem", str(key))]
+    if tls_port is not None:
+        replacements.append(("listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;"))
+    if api_port is not None:
+        replacements.append(("http://127.0.0.1:4200;", f"http://127.0.0.1:{api_port};"))
+    for old, new in replacements:
         server = _replace_once(server, old, new)
     temp = "\n".join(f"    {kind}_temp_path {directory / kind};" for kind in ("client_body", "proxy", "fastcgi",
                                                                                "uwsgi", "scgi"))

@@ -82,6 +82,11 @@ def exit_for(exc: BaseException) -> int:
              f"{exc.http_exc.request.url.path if isinstance(exc.http_exc, httpx.HTTPStatusError) else exc}",
              "check the id (`mender-upgrade history` lists whole run ids) and PREFECT_API_URL")
         return EXIT_FAILED
+    if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 401:
+        _say("error", f"the Prefect API at {exc.request.url.scheme}://{exc.request.url.netloc.decode()} refused our "
+                      "credentials (HTTP 401): the auth string is wrong or missing",
+             "set PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password)")
+        return EXIT_FAILED
     if isinstance(exc, PrefectHTTPStatusError):
         _say("error", f"the Prefect server answered {exc.response.status_code}: {exc.response.text[:300]}")
         return EXIT_FAILED

@@ -80,9 +80,10 @@ def test_a_yaml_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
     assert SECRET in str(exc.value) and SECRET not in parse_error_position(exc.value)  # what it would have printed
 
 
-def test_approval_description_shows_changed_keys_never_values():
-    """A template change renaming a secret-bearing key: the drift carries the operator's current
-    value of the old key; the description names the key and what happens, never a value."""
+def renamed_secret_key_description(run_id: str, digest: str) -> str:
+    """The approval description of a hop whose template renames a secret-bearing key
+    (MINIO_SECRET_KEY -> MINIO_ROOT_PASSWORD): the drift carries the operator's current value,
+    SECRET, of the old key."""
     old = "services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: minio-secret-here\n"
     new = "services:\n  minio:\n    environment:\n      MINIO_ROOT_PASSWORD: minio-secret-here\n"
     current = f"services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: {SECRET}\n"
@@ -90,9 +91,23 @@ def test_approval_description_shows_changed_keys_never_values():
     assert any(c["current"] == SECRET for c in drift)  # the value is there to leak
     review = {"from": "2.6.4", "to": "2.7.2", "log": [], "removed_services": [], "drift": {"prod.yml": drift},
               "diff": ""}
-    report = RunReport(host="h", run_id="r", plan_digest="d" * 64)
-    text = approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review], {},
-                                load_settings({}))
+    report = RunReport(host="h", run_id=run_id, plan_digest=digest)
+    return approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review],
+                                {}, load_settings({}))
+
+
+def test_a_toml_config_with_a_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[backup]\nsecret_access_key = "{SECRET}\ntarget = "x"\n')  # the quote never closes
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "not valid TOML" in result.output and "line 2" in result.output
+    assert SECRET not in result.output
+
+
+def test_approval_description_shows_changed_keys_never_values():
+    """A template change renaming a secret-bearing key: the description names the key and what
+    happens, never a value."""
+    text = renamed_secret_key_description("r", "d" * 64)
     assert "`services.minio.environment.MINIO_SECRET_KEY`: customized (the new template no longer sets it)" in text
     assert "MINIO_ROOT_PASSWORD" in text
     assert SECRET not in text and "minio-secret-here" not in text and "d" * 64 in text

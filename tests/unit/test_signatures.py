@@ -35,8 +35,11 @@ def test_a_signature_by_an_allowed_key_names_its_identity(keys):
 
 def test_a_signature_by_an_unknown_key_is_refused(keys):
     payload = approval_payload(RUN, "plan", DIGEST, True)
-    with pytest.raises(SignatureInvalid, match="not from a key in"):
+    with pytest.raises(SignatureInvalid, match="not from a key in") as err:
         verify(payload, sign(payload, keys["mallory"]), keys["signers"])
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(keys["mallory"].with_suffix(".pub"))], check=True,
+                                 capture_output=True, text=True).stdout.split()[1]
+    assert f"by ED25519 key {fingerprint} is not from a key in {keys['signers']}" in err.value.message
 
 
 SIGNED = approval_payload(RUN, "plan", DIGEST, True)
