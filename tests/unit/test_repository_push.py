@@ -136,3 +136,13 @@ def test_a_missing_or_unreachable_remote_is_named(upgraded: git.Repo, tmp_path: 
 def test_hostile_remote_names_are_refused_before_git(tmp_path: Path, name: str) -> None:
     with pytest.raises(r.InvalidRef, match="not an acceptable remote name"):
         r.push_to_company_remote(tmp_path / "not-even-a-clone", name)
+
+
+def test_a_failed_push_to_a_url_with_credentials_never_quotes_them(upgraded: git.Repo, tmp_path: Path) -> None:
+    from tests.ports import free_port
+    root = Path(upgraded.working_tree_dir)
+    upgraded.create_remote("tokened", f"http://deploy:s3cr3t-push-token@127.0.0.1:{free_port()}/integration.git")
+    with pytest.raises(r.RemoteUnreachable) as err:  # nothing listens there
+        r.push_to_company_remote(root, "tokened")
+    said = f"{err.value.message}\n{err.value.hint}"
+    assert "git push tokened" in said and "s3cr3t-push-token" not in said
