@@ -31,6 +31,7 @@ from tasks.errors import UpgradeError
 from tasks.host_policy import HostFileUnsafe, ParametersWiden
 from tasks.repository import push_to_company_remote
 from tasks.rollback import reset_branch
+from tasks.run_record import Outcome
 from tasks.settings import UpgradeSettings
 from tasks.signatures import plan_digest
 from tasks.staging import StagingNotDone, require_completed_on_staging
@@ -40,6 +41,16 @@ from tasks.window import WindowClosed, estimate_quiet_period_s, require_time_for
 
 class UpgradeFailed(UpgradeError):
     """The upgrade failed after downtime began and the server was rolled back."""
+
+
+class RunEnded(Exception):
+    """How the run ends: the outcome and the reason its report shows. Raised for every end but
+    completion. Without `error` the run ends Cancelled (a person, the window or an answer said
+    no); with it, `error` is what the run fails (or is cancelled) with."""
+
+    def __init__(self, outcome: Outcome, reason: str, error: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason, self.error = outcome, reason, error
 
 
 @contextmanager
@@ -101,7 +112,9 @@ def approval_description(report: RunReport, plan, reviews: list[dict], leftovers
     return "\n".join(lines)
 
 
-def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSettings, poll: int, run_start) -> bool:
+def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSettings, poll: int, run_start,
+             undo: _Undo | None = None) -> None:
+    """Ask at `gate`; a no (rejected, timed out, refused) ends the run, after `undo` if given."""
     left = seconds_left(settings.window, run_start, _now())
     timeout = min(settings.approval.timeout_minutes * 60, left)  # never past the window's end
     binding = Binding(report.run_id, report.plan_digest, settings.approval.require_signed,
@@ -109,9 +122,8 @@ def _approve(report: RunReport, gate: str, description: str, settings: UpgradeSe
     decision = ask_approval(gate, description, timeout, poll, binding)
     report.approvals.append(decision)
     if not decision.approved:
-        report.outcome = decision.outcome
-        report.reason = f"approval `{gate}` {decision.outcome}" + (f": {decision.comment}" if decision.comment else "")
-    return decision.approved
+        reason = f"approval `{gate}` {decision.outcome}" + (f": {decision.comment}" if decision.comment else "")
+        raise RunEnded(Outcome(decision.outcome), undo.run(reason) if undo else reason)
 
 
 @flow(name="upgrade-mender", persist_result=False, flow_run_name=name_at_start)
@@ -121,15 +133,18 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     try:
         settings = _host_settings(settings, report)
         with host_lock(report.host, settings.lock_wait_s):
-            return _upgrade(settings, report, poll_interval_s)
-    except BaseException as exc:  # whatever ends the run, the report says how it ended
-        if report.outcome == "running":
-            cancelled = isinstance(exc, (TerminationSignal, KeyboardInterrupt))
-            report.outcome, report.reason = ("cancelled" if cancelled else "failed"), _why(exc)
-        raise
-    finally:
-        get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
-        publish(report)
+            end = RunEnded(Outcome.COMPLETED, _upgrade(settings, report, poll_interval_s))
+    except RunEnded as ended:
+        end = ended
+    except BaseException as exc:  # nobody judged it (a library error, a cancellation): it ends the run as it is
+        cancelled = isinstance(exc, (TerminationSignal, KeyboardInterrupt))
+        end = RunEnded(Outcome.CANCELLED if cancelled else Outcome.FAILED, _why(exc), exc)
+    report.outcome, report.reason = end.outcome, end.reason  # the one place a run's outcome is set
+    get_run_logger().info(f"outcome: {report.outcome} {report.reason}")
+    publish(report)
+    if end.error is not None:
+        raise end.error
+    return report.to_dict() if end.outcome is Outcome.COMPLETED else Cancelled(message=end.reason)
 
 
 def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSettings:
@@ -138,14 +153,14 @@ def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSetti
         effective, warnings = allowed_settings(settings)
     except (ParametersWiden, HostFileUnsafe) as exc:
         report.host = getattr(exc, "host_id", None) or report.host
-        report.outcome, report.reason = "refused", _why(exc)
-        raise
+        raise RunEnded(Outcome.REFUSED, _why(exc), exc) from exc
     report.host = effective.host()
     report.warnings += warnings
     return effective
 
 
-def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
+def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
+    """Returns why the run completed ("" when it upgraded); any other end raises RunEnded."""
     run_start = _run_start()
     with timed(report, "plan"):
         plan = steps.plan_task(settings)
@@ -153,23 +168,20 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
     rename_run(report)
     report.warnings += plan.warnings
     if plan.refused:
-        report.outcome, report.reason = "refused", plan.refused
-        raise PlanRefused(f"upgrade refused: {plan.refused}", "choose an allowed target (see `mender-upgrade plan`)")
+        raise RunEnded(Outcome.REFUSED, plan.refused, PlanRefused(
+            f"upgrade refused: {plan.refused}", "choose an allowed target (see `mender-upgrade plan`)"))
     if not plan.hops:
-        report.outcome, report.reason = "completed", f"already at {plan.current}"
-        return report.to_dict()
+        return f"already at {plan.current}"
     if settings.staging.require_completed_on:
         try:
             proof = require_completed_on_staging(settings.staging.require_completed_on, plan.target)
         except StagingNotDone as exc:
-            report.outcome, report.reason = "refused", _why(exc)
-            raise
+            raise RunEnded(Outcome.REFUSED, _why(exc), exc) from exc
         get_run_logger().info(f"staging: {proof}")
     try:
         require_time_for_downtime(settings.window, run_start, _now())
     except WindowClosed as exc:
-        report.outcome, report.reason = "window closed", exc.message
-        return Cancelled(message=exc.message)
+        raise RunEnded(Outcome.WINDOW_CLOSED, exc.message) from exc
     with timed(report, "preflight"):
         steps.preflight_task(settings, plan)
     mongo_url = steps.mongo_url_task(settings)
@@ -183,19 +195,18 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int):
         with timed(report, "dry run"):
             steps.dry_run_task(settings, plan.hops, pull=True)
     except UpgradeError as exc:
-        report.outcome, report.reason = "refused", f"the review and dry run of the merge failed, nothing was changed: {_why(exc)}"
-        raise
+        raise RunEnded(Outcome.REFUSED, "the review and dry run of the merge failed, nothing was changed: "
+                       f"{_why(exc)}", exc) from exc
     # What an approval binds to: the answer for this run and this plan only.
     report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r["diff"] for r in reviews])
-    if settings.approval.require_approval and not _approve(
-            report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
-            settings, poll, run_start):
-        return Cancelled(message=report.reason)
+    if settings.approval.require_approval:
+        _approve(report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
+                 settings, poll, run_start)
     return _change(settings, report, plan, mongo_url, leftovers.count, poll, run_start)
 
 
 def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, leftover_count: int,
-            poll: int, run_start: datetime):
+            poll: int, run_start: datetime) -> str:
     """The destructive part, in one quiet period. Before it, while the server serves: the
     downtime approval and a hot pre-copy of every volume. The quiet period runs from the first
     writer stop until the new version is healthy: dump and volume deltas (the backup), cleanup,
@@ -207,13 +218,11 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
     undo = _Undo(settings, report, mongo_url)
     target = plan.hops[-1]
     try:
-        if settings.approval.approve_before_downtime and not _approve(
-                report, f"downtime-{target.replace('.', '-')}",
-                f"## Downtime for Mender {plan.current} → {target}\nImages are pulled; a hot copy of the volumes, "
-                f"then the writers stop for the quiet period (estimated "
-                f"{settings.window.estimated_downtime_s:.0f} s).", settings, poll, run_start):
-            undo.run(report.reason)
-            return Cancelled(message=report.reason)
+        if settings.approval.approve_before_downtime:
+            _approve(report, f"downtime-{target.replace('.', '-')}",
+                     f"## Downtime for Mender {plan.current} → {target}\nImages are pulled; a hot copy of the volumes, "
+                     f"then the writers stop for the quiet period (estimated "
+                     f"{settings.window.estimated_downtime_s:.0f} s).", settings, poll, run_start, undo)
         with timed(report, "pre-copy"):
             pre = steps.precopy_task(settings, report.run_id)
         quiet_s = estimate_quiet_period_s(pre.previous_dump_bytes, pre.rate, previous_unavailability(report.host),
@@ -221,11 +230,11 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         report.estimated_quiet_s = round(quiet_s, 1)
         require_time_for_downtime(settings.window, run_start, _now(), quiet_s)
     except WindowClosed as exc:
-        report.outcome, report.reason = "window closed", exc.message
-        return Cancelled(message=exc.message)
-    except BaseException as exc:  # a library error or a cancellation too: undo before leaving
-        undo.run(_why(exc))
+        raise RunEnded(Outcome.WINDOW_CLOSED, exc.message) from exc
+    except RunEnded:
         raise
+    except BaseException as exc:  # a library error or a cancellation too: undo before leaving
+        raise RunEnded(Outcome.FAILED, undo.run(_why(exc)), exc) from exc
 
     quiet = _QuietClock(report)
     cycled = False
@@ -265,27 +274,26 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             undo.hop_tag = None  # deployed: only a rollback can take it back now
     except BaseException as exc:  # after the first stop, anything (a library error, a cancellation) rolls back
         if not cycled:
-            undo.run(_why(exc))
-            raise
+            raise RunEnded(Outcome.FAILED, undo.run(_why(exc)), exc) from exc
         log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
         with timed(report, "rollback"), _stop_requests_held(log):
             steps.rollback_task(settings, manifest, undo.first_tag)
-        report.outcome = "rolled back"
-        report.reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
-        emit_rolled_back(report.run_id, report.reason)
+        reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
+        emit_rolled_back(report.run_id, reason)
         if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
-            raise  # the run ends cancelled, as asked, with the server rolled back
-        raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {_message(exc)}",
-                            f"the server runs {plan.current} with its data; failed attempt kept under "
-                            "refs/mender-upgrade/failed-upgrade/ for diagnosis") from exc
-    report.outcome = "completed"
+            raise RunEnded(Outcome.ROLLED_BACK, reason, exc) from exc  # ends cancelled, as asked, rolled back
+        failed = UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {_message(exc)}",
+                               f"the server runs {plan.current} with its data; failed attempt kept under "
+                               "refs/mender-upgrade/failed-upgrade/ for diagnosis")
+        failed.__cause__ = exc
+        raise RunEnded(Outcome.ROLLED_BACK, reason, failed) from exc
     if settings.staging.push_remote:
         try:
             pushed = push_to_company_remote(settings.integration_dir, settings.staging.push_remote)
             log.info(f"pushed to {settings.staging.push_remote}: {', '.join(pushed) or 'already up to date'}")
         except UpgradeError as exc:  # the upgrade succeeded; a failed push is a warning, not a failed run
             report.warnings.append(f"not pushed to {settings.staging.push_remote}: {_why(exc)}")
-    return report.to_dict()
+    return ""
 
 
 class _QuietClock:
@@ -343,9 +351,10 @@ class _Undo:
         self.hop_tag: str | None = None    # the current hop's tag while its merge is not deployed
         self.writers: list[str] = []       # stopped for the quiet period: started again by the undo
 
-    def run(self, why: str) -> None:
+    def run(self, why: str) -> str:
         """Branch back to the first pre-upgrade tag, every service running, cleanup undone.
-        Each part is tried even if an earlier one failed; what failed goes into the report."""
+        Each part is tried even if an earlier one failed. Returns the report's reason: `why`,
+        what was undone and what failed."""
         done, failed = [], []
         if self.first_tag:
             try:
@@ -369,8 +378,6 @@ class _Undo:
                             if restored else "cleanup had deleted nothing")
         except Exception as exc:  # never hide the failure being undone behind the undo's own
             failed.append(exc.message if isinstance(exc, UpgradeError) else f"{exc.__class__.__name__}: {exc}")
-        if self.report.outcome == "running":
-            self.report.outcome = "failed"
-        self.report.reason = (f"{why}; before any downtime, so the old version keeps running: "
+        return (f"{why}; before any downtime, so the old version keeps running: "
                               f"{'; '.join(done) or 'nothing to undo'}"
                               + (f". NOT undone: {'; '.join(failed)}" if failed else ""))
