@@ -84,7 +84,7 @@ def require_completed_on_staging(staging_host: str, target: str) -> str:
             raise StagingNotDone(f"no upgrade of staging host {staging_host} to {target} is on record", first)
         if newest.outcome != Outcome.COMPLETED:
             raise StagingNotDone(f"the latest upgrade of staging host {staging_host} to {target} ended "
-                                 f"{newest.outcome!r} (flow run {newest.flow_run_id})",
+                                 f"'{newest.outcome}' (flow run {newest.flow_run_id})",
                                  f"see that run's report for why; {first}")
         run = completed_upgrade_run(client, newest.flow_run_id)
     if run is None:
