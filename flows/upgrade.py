@@ -29,7 +29,7 @@ from tasks import steps
 from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
 from tasks.host_policy import HostFileUnsafe, ParametersWiden
-from tasks.repository import push_to_company_remote
+from tasks.repository import HopReview, push_to_company_remote
 from tasks.rollback import reset_branch
 from tasks.run_record import Outcome
 from tasks.settings import UpgradeSettings
@@ -86,26 +86,16 @@ def _run_start() -> datetime:
     return datetime.fromtimestamp(scheduled.timestamp(), timezone.utc) if scheduled else _now()
 
 
-def approval_description(report: RunReport, plan, reviews: list[dict], leftovers: dict, settings: UpgradeSettings) -> str:
+def approval_description(report: RunReport, plan, reviews: list[HopReview], leftovers: dict[str, int],
+                         settings: UpgradeSettings) -> str:
     lines = [f"## Upgrade Mender {plan.current} → {plan.target} on `{report.host}`",
              f"Hops: **{' → '.join(plan.hops)}**; estimated downtime per hop "
              f"{settings.window.estimated_downtime_s:.0f} s; backup to `{settings.backup.target}` first.", ""]
     lines += [f"- ⚠ {w}" for w in report.warnings]
-    lines.append(f"- deviceauth leftovers to clean (dry run): {leftovers or 'none'}")
+    found = ", ".join(f"{namespace} {n}" for namespace, n in leftovers.items() if n)
+    lines.append(f"- deviceauth leftovers to clean (dry run): {found or 'none'}")
     for review in reviews:
-        lines += ["", f"### {review['from']} → {review['to']}: {len(review['log'])} upstream commits",
-                  f"Services removed upstream: {', '.join(review['removed_services']) or 'none'}"]
-        for config, changes in review["drift"].items():
-            if changes:
-                lines.append(f"Template drift in `{config}`:")
-                # Keys and what happens to them, never values: the operator's current value of a
-                # renamed key may be a secret.
-                lines += [f"- `{c['key']}`: {c['status']}" + (f" ({c['note']})" if c.get("note") else "")
-                          for c in changes[:20]]
-        diff = review["diff"]
-        if diff:
-            lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",
-                      diff[:6000] + ("\n… (truncated)" if len(diff) > 6000 else ""), "```", "</details>"]
+        lines += ["", review.to_markdown()]
     lines += ["", "Approve to start; reject (with a comment) to end the run with nothing changed.",
               f"Run `{report.run_id}`, plan digest `{report.plan_digest}` (the answer is bound to both; to sign it: "
               f"`mender-upgrade approve {report.run_id} --sign-with ~/.ssh/id_ed25519`)."]
@@ -198,7 +188,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
         raise RunEnded(Outcome.REFUSED, "the review and dry run of the merge failed, nothing was changed: "
                        f"{_why(exc)}", exc) from exc
     # What an approval binds to: the answer for this run and this plan only.
-    report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r["diff"] for r in reviews])
+    report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r.diff for r in reviews])
     if settings.approval.require_approval:
         _approve(report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
                  settings, poll, run_start)

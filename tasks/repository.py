@@ -511,12 +511,32 @@ def removed_services(repo: git.Repo, old: str, new: str) -> list[str]:
 
 @dataclass
 class HopReview:
+    """What one hop brings, for the person who approves it."""
+
     from_version: str
     to_version: str
     log: list[str]
     diff: str
     removed_services: list[str]
     drift: dict[str, list[TemplateChange]]  # config file -> its template changes
+
+    def to_markdown(self, max_changes: int = 20, max_diff: int = 6000) -> str:
+        """The approval form's section for this hop: commits, removed services, the changed keys
+        of each config file and what happens to them, and the diff (folded, cut at `max_diff`)."""
+        lines = [f"### {self.from_version} → {self.to_version}: {len(self.log)} upstream commits",
+                 f"Services removed upstream: {', '.join(self.removed_services) or 'none'}"]
+        for config, changes in self.drift.items():
+            if changes:
+                lines.append(f"Template drift in `{config}`:")
+                # Keys and what happens to them, never values: the operator's current value of a
+                # renamed key may be a secret.
+                lines += [f"- `{c.key}`: {c.status}" + (f" ({c.note})" if c.note else "")
+                          for c in changes[:max_changes]]
+        if self.diff:
+            lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",
+                      self.diff[:max_diff] + ("\n… (truncated)" if len(self.diff) > max_diff else ""), "```",
+                      "</details>"]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
         return {"from": self.from_version, "to": self.to_version, "log": self.log, "diff": self.diff,

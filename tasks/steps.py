@@ -51,11 +51,11 @@ def plan_task(settings: UpgradeSettings):
 
 @task(name="review-hops", **ONCE)
 @typed_outside_errors
-def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[dict]:
+def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[repository.HopReview]:
     repo = repository.open_integration(settings.integration_dir)
     reviews, old = [], current
     for hop in hops:
-        reviews.append(repository.review_hop(repo, old, hop).to_dict())
+        reviews.append(repository.review_hop(repo, old, hop))
         old = hop
     return reviews
 

@@ -17,7 +17,7 @@ from tasks.containers import run_compose
 from tasks.errors import ComposeCommandFailed
 from tasks.prod_yaml import ProdYamlError, template_drift
 from tasks.redaction import MASK, parse_error_position, scrub
-from tasks.repository import OriginUnreachable, fetch_tags
+from tasks.repository import HopReview, OriginUnreachable, fetch_tags
 from tasks.settings import load_settings
 
 SECRET = "sup3r-s3cret-minio-key"
@@ -86,13 +86,14 @@ def test_approval_description_shows_changed_keys_never_values():
     old = "services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: minio-secret-here\n"
     new = "services:\n  minio:\n    environment:\n      MINIO_ROOT_PASSWORD: minio-secret-here\n"
     current = f"services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: {SECRET}\n"
-    drift = [c.to_dict() for c in template_drift(current, old, new)]
-    assert any(c["current"] == SECRET for c in drift)  # the value is there to leak
-    review = {"from": "2.6.4", "to": "2.7.2", "log": [], "removed_services": [], "drift": {"prod.yml": drift},
-              "diff": ""}
+    drift = template_drift(current, old, new)
+    assert any(c.current == SECRET for c in drift)  # the value is there to leak
+    review = HopReview("2.6.4", "2.7.2", log=[], diff="", removed_services=[], drift={"prod.yml": drift})
     report = RunReport(host="h", run_id="r", plan_digest="d" * 64)
-    text = approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review], {},
-                                load_settings({}))
+    text = approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review],
+                                {"deviceauth.devices": 2, "deviceauth.tokens": 0}, load_settings({}))
     assert "`services.minio.environment.MINIO_SECRET_KEY`: customized (the new template no longer sets it)" in text
     assert "MINIO_ROOT_PASSWORD" in text
     assert SECRET not in text and "minio-secret-here" not in text and "d" * 64 in text
+    assert "### 2.6.4 → 2.7.2: 0 upstream commits" in text and "{" not in text  # no raw dicts
+    assert "leftovers to clean (dry run): deviceauth.devices 2\n" in text
