@@ -26,11 +26,9 @@ from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
 from tasks import steps
-from tasks.cleanup import cleanup_task, find_leftovers_task, old_clients_task, undo_cleanup_task
 from tasks.errors import UpgradeError
 from tasks.host_policy import HostFileUnsafe, ParametersWiden
-from tasks.repository import HopReview, push_to_company_remote
-from tasks.rollback import reset_branch
+from tasks.repository import HopReview
 from tasks.run_record import Outcome
 from tasks.settings import UpgradeSettings
 from tasks.signatures import plan_digest
@@ -176,10 +174,10 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
         steps.preflight_task(settings, plan)
     mongo_url = steps.mongo_url_task(settings)
     if plan.alias_patch:
-        old = old_clients_task(mongo_url)
+        old = steps.old_clients_task(mongo_url, report.host)
         if old.old:
             report.warnings.append(f"{old.old} device(s) run a mender client older than 1.7.1")
-    leftovers = find_leftovers_task(mongo_url)
+    leftovers = steps.find_leftovers_task(mongo_url, report.host)
     try:
         reviews = steps.review_task(settings, plan.current, plan.hops)
         with timed(report, "dry run"):
@@ -242,7 +240,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         if settings.cleanup_apply and leftover_count:
             undo.cleanup = True  # set first: a cleanup cut short is undone too
             with timed(report, "cleanup"), quiet.part("cleanup"):
-                report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
+                report.cleanup = steps.cleanup_task(mongo_url, report.host, settings.backup, report.run_id).rows()
         for hop in plan.hops:
             with timed(report, f"merge {hop}"), quiet.part("merge"):
                 result = steps.hop_task(settings, current, hop)
@@ -279,8 +277,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         raise RunEnded(Outcome.ROLLED_BACK, reason, failed) from exc
     if settings.staging.push_remote:
         try:
-            pushed = push_to_company_remote(settings.integration_dir, settings.staging.push_remote)
-            log.info(f"pushed to {settings.staging.push_remote}: {', '.join(pushed) or 'already up to date'}")
+            steps.push_task(settings, settings.staging.push_remote)
         except UpgradeError as exc:  # the upgrade succeeded; a failed push is a warning, not a failed run
             report.warnings.append(f"not pushed to {settings.staging.push_remote}: {_why(exc)}")
     return ""
@@ -348,7 +345,7 @@ class _Undo:
         done, failed = [], []
         if self.first_tag:
             try:
-                reset_branch(self.settings.integration_dir, self.first_tag)
+                steps.reset_branch_task(self.settings, self.first_tag)
                 done.append(f"branch reset to {self.first_tag}")
             except Exception as exc:  # keep going: the services matter more than the branch
                 failed.append(f"branch reset to {self.first_tag}: {exc}")
@@ -362,7 +359,7 @@ class _Undo:
             if self.writers:
                 done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
-                restored = undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
+                restored = steps.undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
                                              self.report.run_id)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")

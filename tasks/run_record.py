@@ -30,9 +30,15 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"          # stopped by a person (or the process told to stop)
 
 
+def artifact_key(kind: str, host: str) -> str:
+    """The key of `host`'s artifacts of one kind: keys carry the host, so hosts that record to
+    one Prefect server keep their histories apart (keys allow lowercase letters, digits, '-')."""
+    return f"{kind}-{host.lower().replace('.', '-').replace('_', '-')}"
+
+
 def report_key(host: str) -> str:
     """The artifact key of `host`'s run reports (one key per host: the UI shows its history)."""
-    return f"{REPORT_KEY}-{host.lower().replace('.', '-').replace('_', '-')}"
+    return artifact_key(REPORT_KEY, host)
 
 
 @dataclass(frozen=True)
