@@ -29,11 +29,11 @@ from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from tasks.containers import run_compose
 from tasks.errors import TransientError, UpgradeError
-from tasks.prod_yaml import (MISSING, TemplateChange, allow_storage_host, carry_template_changes, find_storage_alias,
-                             patch_storage_alias,
-                             template_drift)
 from tasks.redaction import scrub
+from tasks.storage_alias import allow_storage_host, find_storage_alias, patch_storage_alias
+from tasks.template_carry import TemplateChange, carry_template_changes, template_drift
 from tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
+from tasks.yaml_edit import MISSING
 
 PRODUCTION_BRANCH = "production"
 PROD_YML = "production/config/prod.yml"

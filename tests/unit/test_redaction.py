@@ -15,10 +15,11 @@ from flows.report import RunReport
 from flows.upgrade import approval_description
 from tasks.containers import run_compose
 from tasks.errors import ComposeCommandFailed
-from tasks.prod_yaml import ProdYamlError, template_drift
 from tasks.redaction import MASK, parse_error_position, scrub
 from tasks.repository import HopReview, OriginUnreachable, fetch_tags
 from tasks.settings import load_settings
+from tasks.template_carry import template_drift
+from tasks.yaml_edit import ProdYamlError
 
 SECRET = "sup3r-s3cret-minio-key"
 
