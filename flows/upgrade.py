@@ -380,7 +380,8 @@ def _stop_requests_held(log):
 
 
 class _Undo:
-    """What this run changed before any downtime, and how to take it back."""
+    """What this run changed, and how to take it back: before the first cycle by undoing
+    (`run`), after it with the backup it recorded (a rollback)."""
 
     def __init__(self, settings: UpgradeSettings, report: RunReport, mongo_url: str) -> None:
         self.settings, self.report, self.mongo_url = settings, report, mongo_url
@@ -414,7 +415,7 @@ class _Undo:
                 done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
                 restored = steps.undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
-                                             self.report.run_id)
+                                                   self.report.run_id)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")
         except Exception as exc:  # never hide the failure being undone behind the undo's own
