@@ -12,6 +12,7 @@ from tasks.backup import newest_verified_backup
 from tasks.errors import UpgradeError
 from tasks.mongo import mongo_container
 from tasks.restore import restore_drill
+from tasks.run_record import artifact_key
 from tasks.settings import UpgradeSettings
 
 
@@ -27,7 +28,7 @@ def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     image = mongo_container(client, settings.compose_project).attrs["Config"]["Image"]
     report = restore_drill(client, store, manifest, image, host_id=settings.host(), log=log.info)
     outcome = "passed" if report.passed else "FAILED"
-    create_markdown_artifact(key="restore-drill", description=f"restore drill {outcome}", markdown="\n".join(
+    create_markdown_artifact(key=artifact_key("restore-drill", settings.host()), description=f"restore drill {outcome}", markdown="\n".join(
         [f"# Restore drill of `{manifest.target}/{manifest.key}`: **{outcome}**",
          f"- {report.collections_checked} collections and {report.files_checked} files compared",
          *[f"- difference: {d}" for d in report.differences[:50]]]))

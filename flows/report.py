@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from uuid import UUID
@@ -13,8 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.approvals import Decision
-
-REPORT_KEY = "upgrade-report"
+from tasks.run_record import Outcome, description, report_key
 
 
 @dataclass
@@ -24,7 +22,7 @@ class RunReport:
     current: str = ""
     target: str = ""
     hops: list[str] = field(default_factory=list)
-    outcome: str = "running"  # completed, rejected, refused, failed, rolled back
+    outcome: Outcome = Outcome.RUNNING  # set once, by the flow, when the run ends
     reason: str = ""
     approvals: list[Decision] = field(default_factory=list)
     plan_digest: str = ""  # sha256 of the reviewed plan that approvals bind to
@@ -105,30 +103,6 @@ def previous_unavailability(host: str, limit: int = 5) -> list[dict[str, float]]
     return found[:limit]
 
 
-def report_key(host: str) -> str:
-    """The artifact key of `host`'s run reports (one key per host: the UI shows its history)."""
-    return f"{REPORT_KEY}-{host.lower().replace('.', '-').replace('_', '-')}"
-
-
-@dataclass(frozen=True)
-class ReportSummary:
-    """What a run's report says, read back from its artifact description (history, staging)."""
-
-    outcome: str
-    host: str
-    current: str
-    target: str
-    reason: str = ""
-    approvals: tuple[dict, ...] = ()  # {gate, outcome, approver}
-    backup_id: str = ""
-    downtime_s: float | None = None
-
-
-# The description's first line, for people; the fenced JSON after it, for programs.
-_HEADLINE = re.compile(r"upgrade (?P<outcome>[a-z ]+): (?P<host>\S+) (?P<current>\S+) -> (?P<target>\S+)")
-_SUMMARY = re.compile(r"```json\n(?P<json>.*)\n```", re.DOTALL)
-
-
 def describe(report: RunReport) -> str:
     """The report artifact's description: "upgrade <outcome>: <host> <from> -> <to>", then its summary as JSON."""
     uri = report.backup.get("uri") or ""
@@ -136,33 +110,7 @@ def describe(report: RunReport) -> str:
                "approvals": [{"gate": d.gate, "outcome": d.outcome, "approver": d.approver} for d in report.approvals],
                "backup_id": uri.rsplit("/", 2)[-2] if uri.count("/") >= 2 else "",
                "downtime_s": report.downtime_s}
-    return (f"upgrade {report.outcome}: {report.host} {report.current or '?'} -> {report.target or '?'}\n\n"
-            f"```json\n{json.dumps(summary)}\n```")
-
-
-def parse_description(text: str) -> ReportSummary | None:
-    """The one reader of report descriptions; None for anything else (reports from before the
-    summary was added give the headline's fields only)."""
-    head, _, rest = text.partition("\n")
-    found = _HEADLINE.fullmatch(head)
-    if not found:
-        return None
-    extra: dict = {}
-    block = _SUMMARY.search(rest)
-    if block:
-        try:
-            extra = json.loads(block["json"])
-        except json.JSONDecodeError:
-            extra = {}
-    if not isinstance(extra, dict):
-        extra = {}
-    downtime = extra.get("downtime_s")
-    return ReportSummary(
-        outcome=found["outcome"], host=found["host"], current=found["current"], target=found["target"],
-        reason=str(extra.get("reason") or ""),
-        approvals=tuple(a for a in extra.get("approvals") or () if isinstance(a, dict)),
-        backup_id=str(extra.get("backup_id") or ""),
-        downtime_s=float(downtime) if isinstance(downtime, (int, float)) else None)
+    return description(report.outcome, report.host, report.current, report.target, summary)
 
 
 def run_name(host: str, current: str, target: str) -> str:

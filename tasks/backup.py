@@ -36,7 +36,7 @@ import git
 
 from tasks import mongo as mongo_mod
 from tasks.containers import PROJECT, project_states, run_compose, running_services
-from tasks.errors import UpgradeError
+from tasks.errors import UpgradeError, also_failed
 from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
 from tasks.versions import stable_versions
 from tasks.volumes import (VOLUME_NAME, IterStream, InstallationVolumes, external_volumes, installation_volumes,
@@ -276,9 +276,15 @@ def quiesced(integration: Path, services: list[str], log: Callable[[str], None])
     run_compose(integration, ["stop", *services])
     try:
         yield
-    finally:
+    except BaseException as first:
         log("starting the writers again")
-        run_compose(integration, ["start", *services])
+        try:
+            run_compose(integration, ["start", *services])
+        except Exception as restart:  # the backup's failure stays the error; the restart's is added
+            also_failed(first, f"starting the writers again ({', '.join(services)})", restart)
+        raise
+    log("starting the writers again")
+    run_compose(integration, ["start", *services])
 
 
 def _repo_facts(integration: Path) -> tuple[str | None, str | None]:

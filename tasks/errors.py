@@ -35,6 +35,17 @@ class HealthGateFailed(UpgradeError):
     """Services did not all become running, healthy and stable in time."""
 
 
+def also_failed(first: BaseException, what: str, cleanup: BaseException) -> None:
+    """Record on `first` that the clean-up after it (`what`) failed too, so the error that is
+    raised stays the first one (its type decides retries; its message says what went wrong
+    first) and still names the clean-up's failure (offen's `errors.Join`)."""
+    also = f"{what} failed too: {cleanup.message if isinstance(cleanup, UpgradeError) else cleanup}"
+    first.add_note(also)
+    if isinstance(first, UpgradeError):
+        first.message = f"{first.message}; {also}"
+        first.args = (first.message,)
+
+
 def retry_on_transient(task, task_run, state) -> bool:
     """Prefect `retry_condition_fn`: retry only what may pass by itself (network, daemon)."""
     try:

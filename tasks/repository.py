@@ -29,11 +29,11 @@ from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
 from tasks.containers import run_compose
 from tasks.errors import TransientError, UpgradeError
-from tasks.prod_yaml import (MISSING, TemplateChange, allow_storage_host, carry_template_changes, find_storage_alias,
-                             patch_storage_alias,
-                             template_drift)
 from tasks.redaction import scrub
+from tasks.storage_alias import allow_storage_host, find_storage_alias, patch_storage_alias
+from tasks.template_carry import TemplateChange, carry_template_changes, template_drift
 from tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
+from tasks.yaml_edit import MISSING
 
 PRODUCTION_BRANCH = "production"
 PROD_YML = "production/config/prod.yml"
@@ -511,12 +511,32 @@ def removed_services(repo: git.Repo, old: str, new: str) -> list[str]:
 
 @dataclass
 class HopReview:
+    """What one hop brings, for the person who approves it."""
+
     from_version: str
     to_version: str
     log: list[str]
     diff: str
     removed_services: list[str]
     drift: dict[str, list[TemplateChange]]  # config file -> its template changes
+
+    def to_markdown(self, max_changes: int = 20, max_diff: int = 6000) -> str:
+        """The approval form's section for this hop: commits, removed services, the changed keys
+        of each config file and what happens to them, and the diff (folded, cut at `max_diff`)."""
+        lines = [f"### {self.from_version} → {self.to_version}: {len(self.log)} upstream commits",
+                 f"Services removed upstream: {', '.join(self.removed_services) or 'none'}"]
+        for config, changes in self.drift.items():
+            if changes:
+                lines.append(f"Template drift in `{config}`:")
+                # Keys and what happens to them, never values: the operator's current value of a
+                # renamed key may be a secret.
+                lines += [f"- `{c.key}`: {c.status}" + (f" ({c.note})" if c.note else "")
+                          for c in changes[:max_changes]]
+        if self.diff:
+            lines += ["<details><summary>diff of templates and compose files</summary>", "", "```diff",
+                      self.diff[:max_diff] + ("\n… (truncated)" if len(self.diff) > max_diff else ""), "```",
+                      "</details>"]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, object]:
         return {"from": self.from_version, "to": self.to_version, "log": self.log, "diff": self.diff,

@@ -26,10 +26,9 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.report import parse_description, report_key
-from flows.runner import FLOW_NAME
 from tasks.errors import UpgradeError
 from tasks.repository import validate_version
+from tasks.run_record import FLOW_NAME, Outcome, parse_description, report_key
 from tasks.settings import HOST_REF_PATTERN, ConfigInvalid
 
 PAGE = 50
@@ -42,7 +41,7 @@ class StagingNotDone(UpgradeError):
 @dataclass(frozen=True)
 class StagingReport:
     flow_run_id: UUID
-    outcome: str
+    outcome: Outcome | str
 
 
 def staging_reports(client: SyncPrefectClient, host: str, target: str) -> Iterator[StagingReport]:
@@ -83,9 +82,9 @@ def require_completed_on_staging(staging_host: str, target: str) -> str:
         newest = next(staging_reports(client, staging_host, target), None)
         if newest is None:
             raise StagingNotDone(f"no upgrade of staging host {staging_host} to {target} is on record", first)
-        if newest.outcome != "completed":
+        if newest.outcome != Outcome.COMPLETED:
             raise StagingNotDone(f"the latest upgrade of staging host {staging_host} to {target} ended "
-                                 f"{newest.outcome!r} (flow run {newest.flow_run_id})",
+                                 f"'{newest.outcome}' (flow run {newest.flow_run_id})",
                                  f"see that run's report for why; {first}")
         run = completed_upgrade_run(client, newest.flow_run_id)
     if run is None:

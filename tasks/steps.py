@@ -13,17 +13,22 @@ from uuid import UUID
 
 import docker
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks import backup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
+from tasks import backup, cleanup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
 from tasks.errors import retry_on_transient, typed_outside_errors
-from tasks.settings import UpgradeSettings
+from tasks.run_record import artifact_key
+from tasks.settings import BackupSettings, UpgradeSettings
 
 TRANSIENT: dict[str, Any] = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
                                   retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
 ONCE: dict[str, Any] = dict(retries=0, cache_policy=NO_CACHE)
+# Never a cached answer: leftovers must be queried each time.
+MONGO_RETRIES: dict[str, Any] = dict(retries=3, retry_delay_seconds=[2, 5, 15], retry_condition_fn=retry_on_transient,
+                                     cache_policy=NO_CACHE)
 
 
 def _docker(wait_s: float = 0) -> docker.DockerClient:
@@ -53,11 +58,11 @@ def plan_task(settings: UpgradeSettings) -> repository.UpgradePlan:
 
 @task(name="review-hops", **ONCE)
 @typed_outside_errors
-def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[dict]:
+def review_task(settings: UpgradeSettings, current: str, hops: list[str]) -> list[repository.HopReview]:
     repo = repository.open_integration(settings.integration_dir)
     reviews, old = [], current
     for hop in hops:
-        reviews.append(repository.review_hop(repo, old, hop).to_dict())
+        reviews.append(repository.review_hop(repo, old, hop))
         old = hop
     return reviews
 
@@ -82,7 +87,7 @@ def dry_run_task(settings: UpgradeSettings, hops: list[str], pull: bool = False)
 def preflight_task(settings: UpgradeSettings, plan) -> list[preflight.Check]:
     checks = preflight.run_preflight(_docker(), settings.integration_dir, settings.backup_store(), plan,
                                      settings.compose_project)
-    create_table_artifact(key="upgrade-preflight", table=[c.__dict__ for c in checks],
+    create_table_artifact(key=artifact_key("upgrade-preflight", settings.host()), table=[c.__dict__ for c in checks],
                           description="pre-flight checks")
     preflight.require_all(checks)
     return checks
@@ -140,7 +145,7 @@ def finish_backup_task(settings: UpgradeSettings, pre: precopy.PreCopy) -> preco
                                   project=settings.compose_project, keep_last=settings.backup.keep_last,
                                   holds_lock=True, log=get_run_logger().info)
     manifest = quiet.manifest
-    create_table_artifact(key="upgrade-backup", description=f"verified backup {manifest.target}/{manifest.key}",
+    create_table_artifact(key=artifact_key("upgrade-backup", settings.host()), description=f"verified backup {manifest.target}/{manifest.key}",
                           table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
     return quiet
 
@@ -180,7 +185,7 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
                                          smoke=settings.gateway_smoke, log=logger.info)
     for check in report.gateway:
         logger.info(f"gateway: {check}")
-    create_table_artifact(key="upgrade-health", description=f"health gate passed; downtime {report.downtime_s:.1f} s",
+    create_table_artifact(key=artifact_key("upgrade-health", settings.host()), description=f"health gate passed; downtime {report.downtime_s:.1f} s",
                           table=[{"service": s, "state": st, "kept running": s in report.kept}
                                  for s, st in sorted(report.services.items())])
     return report
@@ -216,3 +221,65 @@ def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgr
                               log=logger.warning)
 
 
+@task(name="reset-branch", **ONCE)
+def reset_branch_task(settings: UpgradeSettings, pre_upgrade_tag: str) -> None:
+    """Undo merges that were never deployed: the branch back to `pre_upgrade_tag`."""
+    rollback.reset_branch(settings.integration_dir, pre_upgrade_tag)
+    get_run_logger().info(f"branch reset to {pre_upgrade_tag}")
+
+
+@task(name="push-to-company-remote", **TRANSIENT)
+def push_task(settings: UpgradeSettings, remote: str) -> list[str]:
+    """The upgraded branch and its pre-upgrade markers to the company remote (staging hosts)."""
+    pushed = repository.push_to_company_remote(settings.integration_dir, remote)
+    get_run_logger().info(f"pushed to {remote}: {', '.join(pushed) or 'already up to date'}")
+    return pushed
+
+
+@task(name="find-decommissioned-leftovers", **MONGO_RETRIES)
+def find_leftovers_task(mongo_url: str, host: str, databases: list[str] | None = None,
+                        tenants: list[str] | None = None) -> cleanup.Leftovers:
+    logger = get_run_logger()
+    with cleanup.open_mongo(mongo_url) as client:
+        leftovers = cleanup.find_decommissioned_leftovers(client, databases, tenants)
+    logger.info(f"layout {leftovers.layout.value}: {leftovers.count} leftover document(s) "
+                f"in {len(leftovers.scopes)} tenant scope(s)")
+    create_table_artifact(key=artifact_key("deviceauth-leftovers", host), table=leftovers.rows(),
+                          description=f"deviceauth decommissioning leftovers (dry run, {leftovers.layout.value})")
+    return leftovers
+
+
+@task(name="cleanup-deviceauth", **MONGO_RETRIES)
+def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str, databases: list[str] | None = None,
+                 tenants: list[str] | None = None) -> cleanup.CleanupReport:
+    logger = get_run_logger()
+    with cleanup.open_mongo(mongo_url) as client:
+        report = cleanup.apply_cleanup(client, backup.open_store(), run_id, databases, tenants, log=logger.info)
+    saved = f"saved to {report.receipt.target}/{report.receipt.key}, sha256 {report.receipt.sha256}" \
+        if report.receipt else "nothing to save"
+    create_table_artifact(key=artifact_key("deviceauth-cleanup", host), table=report.rows(),
+                          description=f"deviceauth cleanup verified: {saved}")
+    return report
+
+
+@task(name="undo-deviceauth-cleanup", **MONGO_RETRIES)
+def undo_cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str) -> cleanup.RestoreReport | None:
+    with cleanup.open_mongo(mongo_url) as client:
+        report = cleanup.undo_cleanup(client, backup.open_store(), run_id)
+    if report:
+        get_run_logger().warning(f"cleanup undone: restored {report.restored}, already there {report.already_present}")
+    return report
+
+
+@task(name="count-old-mender-clients", **MONGO_RETRIES)
+def old_clients_task(mongo_url: str, host: str, below: str = cleanup.OLD_CLIENT_BELOW) -> cleanup.OldClients:
+    logger = get_run_logger()
+    with cleanup.open_mongo(mongo_url) as client:
+        result = cleanup.count_old_clients(client, below)
+    if result.old:
+        message = (f"{result.old} of {result.total} device(s) report a mender client older than {below} "
+                   f"({', '.join(f'{v}: {n}' for v, n in result.versions.items())}); they still need the "
+                   "old storage proxy address after 2.6 -> 2.7")
+        logger.warning(message)
+        create_markdown_artifact(key=artifact_key("old-mender-clients", host), markdown=f"**warning:** {message}")
+    return result

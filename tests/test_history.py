@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 import sandbox.integration_fixture as fx
 from flows.approvals import Decision
 from flows.cli import app
-from flows.report import RunReport, describe, parse_description, publish, run_name
+from flows.report import RunReport, describe, publish, run_name
 from flows.runner import history
 from flows.upgrade import upgrade_mender
+from tasks.run_record import parse_description
 from tasks.settings import load_settings
 
 

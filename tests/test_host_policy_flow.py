@@ -17,9 +17,9 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
-from flows.report import report_key
 from flows.upgrade import upgrade_mender
 from tasks.host_policy import HOST_FILE_ENV
+from tasks.run_record import report_key
 from tasks.settings import load_settings
 from tests.flowrun import everything_recorded
 from tests.unit.test_host_policy import HOST_TOML

@@ -15,7 +15,7 @@ from rich.table import Table
 from flows.cli.common import CONFIG, INTEGRATION, console, settings_from
 from flows.cli.errors import EXIT_DONE, EXIT_STOPPED, Stopped
 from tasks import repository
-from tasks.prod_yaml import TemplateChange
+from tasks.template_carry import TemplateChange
 from tasks.versions import UpgradePlan
 
 BRANCH = typer.Option(repository.PRODUCTION_BRANCH, "--branch", help="the production branch of the clone")

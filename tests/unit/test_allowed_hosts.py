@@ -17,7 +17,7 @@ import yaml
 
 import sandbox.integration_fixture as fx
 from tasks import repository as r
-from tasks.prod_yaml import AllowedHostsNotEditable, allow_storage_host, find_storage_alias
+from tasks.storage_alias import AllowedHostsNotEditable, allow_storage_host, find_storage_alias
 from tests.unit.test_prod_yaml import golden
 
 UPSTREAM = Path(__file__).parent / "golden" / "upstream"

@@ -32,8 +32,8 @@ from pymongo import MongoClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from sandbox.seed import SeedSummary, seed_mongo  # noqa: E402
-from tasks import cleanup  # noqa: E402
-from tasks.errors import TransientError, UpgradeError  # noqa: E402
+from tasks import cleanup, steps  # noqa: E402
+from tasks.errors import TransientError, UpgradeError, retry_on_transient  # noqa: E402
 from tasks.mongo import MongoUnreachable  # noqa: E402
 from tasks.store import ChecksumMismatch, LocalStore  # noqa: E402
 
@@ -502,10 +502,10 @@ class _State:
 
 
 def test_task_wrappers_retry_only_transient_errors():
-    assert cleanup.retry_on_transient(None, None, _State(MongoUnreachable("down", "")))
-    assert not cleanup.retry_on_transient(None, None, _State(cleanup.CleanupScopeNotFound("no", "")))
-    assert not cleanup.retry_on_transient(None, None, _State(cleanup.CleanupNotVerified("no", "")))
-    assert not cleanup.retry_on_transient(None, None, _State(ValueError("bug")))
-    assert not cleanup.retry_on_transient(None, None, _State(None))
-    for t in (cleanup.find_leftovers_task, cleanup.cleanup_task, cleanup.old_clients_task):
-        assert t.retries == 3 and t.retry_condition_fn is cleanup.retry_on_transient
+    assert retry_on_transient(None, None, _State(MongoUnreachable("down", "")))
+    assert not retry_on_transient(None, None, _State(cleanup.CleanupScopeNotFound("no", "")))
+    assert not retry_on_transient(None, None, _State(cleanup.CleanupNotVerified("no", "")))
+    assert not retry_on_transient(None, None, _State(ValueError("bug")))
+    assert not retry_on_transient(None, None, _State(None))
+    for t in (steps.find_leftovers_task, steps.cleanup_task, steps.old_clients_task, steps.undo_cleanup_task):
+        assert t.retries == 3 and t.retry_condition_fn is retry_on_transient

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 import sandbox.integration_fixture as fx
-from tasks.prod_yaml import (MISSING, ProdYamlError, StorageAliasNotFound, carry_template_changes,
-                             delete_key, find_storage_alias, insert_key, patch_storage_alias,
-                             placeholder_values, replace_value, template_drift)
+from tasks.storage_alias import StorageAliasNotFound, find_storage_alias, patch_storage_alias
+from tasks.template_carry import carry_template_changes, placeholder_values, template_drift
+from tasks.yaml_edit import MISSING, ProdYamlError, delete_key, insert_key, replace_value
 
 GOLDEN = Path(__file__).parent / "golden"
 ALIAS = fx.OPERATOR_STORAGE_HOST

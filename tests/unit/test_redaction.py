@@ -15,10 +15,11 @@ from flows.report import RunReport
 from flows.upgrade import approval_description
 from tasks.containers import run_compose
 from tasks.errors import ComposeCommandFailed
-from tasks.prod_yaml import ProdYamlError, template_drift
 from tasks.redaction import MASK, parse_error_position, scrub
-from tasks.repository import OriginUnreachable, fetch_tags
+from tasks.repository import HopReview, OriginUnreachable, fetch_tags
 from tasks.settings import load_settings
+from tasks.template_carry import template_drift
+from tasks.yaml_edit import ProdYamlError
 
 SECRET = "sup3r-s3cret-minio-key"
 
@@ -80,20 +81,19 @@ def test_a_yaml_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
     assert SECRET in str(exc.value) and SECRET not in parse_error_position(exc.value)  # what it would have printed
 
 
-def renamed_secret_key_description(run_id: str, digest: str) -> str:
+def renamed_secret_key_description(run_id: str, digest: str, leftovers: dict[str, int] | None = None) -> str:
     """The approval description of a hop whose template renames a secret-bearing key
     (MINIO_SECRET_KEY -> MINIO_ROOT_PASSWORD): the drift carries the operator's current value,
     SECRET, of the old key."""
     old = "services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: minio-secret-here\n"
     new = "services:\n  minio:\n    environment:\n      MINIO_ROOT_PASSWORD: minio-secret-here\n"
     current = f"services:\n  minio:\n    environment:\n      MINIO_SECRET_KEY: {SECRET}\n"
-    drift = [c.to_dict() for c in template_drift(current, old, new)]
-    assert any(c["current"] == SECRET for c in drift)  # the value is there to leak
-    review = {"from": "2.6.4", "to": "2.7.2", "log": [], "removed_services": [], "drift": {"prod.yml": drift},
-              "diff": ""}
+    drift = template_drift(current, old, new)
+    assert any(c.current == SECRET for c in drift)  # the value is there to leak
+    review = HopReview("2.6.4", "2.7.2", log=[], diff="", removed_services=[], drift={"prod.yml": drift})
     report = RunReport(host="h", run_id=run_id, plan_digest=digest)
     return approval_description(report, SimpleNamespace(current="2.6.4", target="2.7.2", hops=["2.7.2"]), [review],
-                                {}, load_settings({}))
+                                leftovers or {}, load_settings({}))
 
 
 def test_a_toml_config_with_a_syntax_error_does_not_quote_the_secret_line(tmp_path: Path):
@@ -107,7 +107,9 @@ def test_a_toml_config_with_a_syntax_error_does_not_quote_the_secret_line(tmp_pa
 def test_approval_description_shows_changed_keys_never_values():
     """A template change renaming a secret-bearing key: the description names the key and what
     happens, never a value."""
-    text = renamed_secret_key_description("r", "d" * 64)
+    text = renamed_secret_key_description("r", "d" * 64, {"deviceauth.devices": 2, "deviceauth.tokens": 0})
     assert "`services.minio.environment.MINIO_SECRET_KEY`: customized (the new template no longer sets it)" in text
     assert "MINIO_ROOT_PASSWORD" in text
     assert SECRET not in text and "minio-secret-here" not in text and "d" * 64 in text
+    assert "### 2.6.4 → 2.7.2: 0 upstream commits" in text and "{" not in text  # no raw dicts
+    assert "leftovers to clean (dry run): deviceauth.devices 2\n" in text
