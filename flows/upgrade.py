@@ -22,6 +22,7 @@ from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
 from flows.approvals import Binding, ask_approval
+from flows.guardian import QuietGuard
 from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
@@ -231,17 +232,21 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
     cycled = False
     current = plan.current
     report.downtime_s = 0.0
+    guard = QuietGuard(settings, report, plan.current)  # puts the server back if this process cannot
     try:
         quiet.start()
         undo.writers = steps.stop_writers_task(settings)
+        guard.note(undo)
         backup = steps.finish_backup_task(settings, pre)
         manifest = backup.manifest
+        guard.note(undo, manifest_key=manifest.key)
         quiet.parts.update(backup.seconds)
         report.backup = {"uri": f"{manifest.target}/{manifest.key}", "objects": len(manifest.objects),
                          "verified_utc": manifest.verified_utc, "sha256": {o.key: o.sha256 for o in manifest.objects},
                          "changed_since_pre_copy": backup.changed}
         if settings.cleanup_apply and leftover_count:
             undo.cleanup = True  # set first: a cleanup cut short is undone too
+            guard.note(undo)
             with timed(report, "cleanup"), quiet.part("cleanup"):
                 report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
         for hop in plan.hops:
@@ -249,11 +254,13 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
                 result = steps.hop_task(settings, current, hop)
             undo.first_tag = undo.first_tag or result.merge.pre_upgrade_tag
             undo.hop_tag = result.merge.pre_upgrade_tag
+            guard.note(undo)
             report.warnings += result.warnings
             old_mongo, new_mongo = mongo_major(Version.parse(current)), mongo_major(Version.parse(hop))
             if old_mongo != new_mongo:
                 steps.mongo_hop_check_task(settings, old_mongo, new_mongo)
             cycled = True
+            guard.note(undo, cycled=True)
             with timed(report, f"cycle {hop}"):
                 cycle = steps.cycle_task(settings)
             quiet.cycled(cycle)
@@ -264,6 +271,8 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             current = hop
             undo.hop_tag = None  # deployed: only a rollback can take it back now
     except BaseException as exc:  # after the first stop, anything (a library error, a cancellation) rolls back
+        if guard.hand_over(exc):  # a cancellation: the runner kills this process 30 s later, the guardian lives
+            raise
         if not cycled:
             undo.run(_why(exc))
             raise
@@ -278,6 +287,8 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
         raise UpgradeFailed(f"upgrade to {hop} failed and was rolled back: {_message(exc)}",
                             f"the server runs {plan.current} with its data; failed attempt kept under "
                             "refs/mender-upgrade/failed-upgrade/ for diagnosis") from exc
+    finally:
+        guard.release()
     report.outcome = "completed"
     if settings.staging.push_remote:
         try:
