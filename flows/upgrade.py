@@ -248,7 +248,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             undo.cleanup = True  # set first: a cleanup cut short is undone too
             guard.note(undo)
             with timed(report, "cleanup"), quiet.part("cleanup"):
-                report.cleanup = cleanup_task(mongo_url, settings.backup, report.run_id).rows()
+                report.cleanup = cleanup_task(mongo_url, settings.backup, report.host, report.run_id).rows()
         for hop in plan.hops:
             with timed(report, f"merge {hop}"), quiet.part("merge"):
                 result = steps.hop_task(settings, current, hop)
@@ -375,7 +375,7 @@ class _Undo:
                 done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
                 restored = undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
-                                             self.report.run_id)
+                                             self.report.host, self.report.run_id)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")
         except Exception as exc:  # never hide the failure being undone behind the undo's own

@@ -615,11 +615,13 @@ def find_leftovers_task(mongo_url: str, databases: list[str] | None = None,
 
 
 @task(name="cleanup-deviceauth", **_RETRIES)
-def cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str, databases: list[str] | None = None,
+def cleanup_task(mongo_url: str, backup: BackupSettings, host_id: str, run_id: str, databases: list[str] | None = None,
                  tenants: list[str] | None = None) -> CleanupReport:
+    """Saves the leftovers under the host's namespace `<target>/<host_id>/cleanup/<run_id>/`:
+    another host's prune or clean-up never touches them."""
     logger = get_run_logger()
     with open_mongo(mongo_url) as client:
-        report = apply_cleanup(client, backup.open_store(), run_id, databases, tenants, log=logger.info)
+        report = apply_cleanup(client, backup.open_store(host_id), run_id, databases, tenants, log=logger.info)
     saved = f"saved to {report.receipt.target}/{report.receipt.key}, sha256 {report.receipt.sha256}" \
         if report.receipt else "nothing to save"
     create_table_artifact(key="deviceauth-cleanup", table=report.rows(),
@@ -628,9 +630,9 @@ def cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str, databases:
 
 
 @task(name="undo-deviceauth-cleanup", **_RETRIES)
-def undo_cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str) -> RestoreReport | None:
+def undo_cleanup_task(mongo_url: str, backup: BackupSettings, host_id: str, run_id: str) -> RestoreReport | None:
     with open_mongo(mongo_url) as client:
-        report = undo_cleanup(client, backup.open_store(), run_id)
+        report = undo_cleanup(client, backup.open_store(host_id), run_id)
     if report:
         get_run_logger().warning(f"cleanup undone: restored {report.restored}, already there {report.already_present}")
     return report

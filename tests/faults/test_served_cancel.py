@@ -52,7 +52,7 @@ def _serve(sandbox, settings, tmp_path: Path) -> subprocess.Popen:
         "target_version", "stability_window_s", "window", "gateway_smoke", "cleanup_apply")}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env |= {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-            "MENDER_UPGRADE_HOME": str(tmp_path / "home"), HOST_FILE_ENV: str(host_file)}
+            HOST_FILE_ENV: str(host_file)}  # this process's tool home: the run signs with the key the test reads
     cli = Path(sys.executable).parent / "mender-upgrade"
     with (tmp_path / "serve.log").open("wb") as out:
         return subprocess.Popen([str(cli), "serve", "--config", str(config)], env=env, stdin=subprocess.DEVNULL,

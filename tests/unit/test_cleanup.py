@@ -471,7 +471,9 @@ def test_cli_dry_run_apply_and_restore(per_tenant, tmp_path):
     result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--target", target, "--run-id", "cli")
     assert result.exit_code == 0, result.output
     assert "verified: 0 leftovers remain, 57 document(s) deleted" in out
-    saved = tmp_path / "backups" / "cleanup" / "cli" / "leftovers.bson"
+    # Under this host's namespace (no host_id configured: the machine's host name), never the target's root.
+    saved = tmp_path / "backups" / socket.gethostname() / "cleanup" / "cli" / "leftovers.bson"
+    assert not (tmp_path / "backups" / "cleanup").exists()
     assert f"sha256 {hashlib.sha256(saved.read_bytes()).hexdigest()}" in out
     assert snapshot(client) == without_leftovers(before, summary)
 
