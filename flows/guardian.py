@@ -124,8 +124,7 @@ def recover(settings: UpgradeSettings, state: dict, report: RunReport, why: str)
         return
     undo = _Undo(settings, report, "")
     undo.writers, undo.cleanup, undo.first_tag = state.get("writers", []), state.get("cleanup", False), state.get("first_tag")
-    report.outcome = "cancelled"
-    undo.run(f"{why}; the guardian undid it")
+    undo.run(f"{why}; the guardian undid it")  # outcome: "cancelled" as handed over, else "failed"
 
 
 def publish_for_run(report: RunReport) -> None:
