@@ -30,6 +30,7 @@ from prefect.states import Cancelled
 
 from deployments.notifications import emit_rolled_back
 from flows.approvals import Binding, ask_approval
+from flows.guardian import QuietGuard
 from flows.host_guard import allowed_settings
 from flows.lock import host_lock
 from flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
@@ -189,17 +190,25 @@ def _change(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, mon
     quiet = _QuietClock(report)
     current = plan.current
     report.downtime_s = 0.0
+    guard = undo.guard = QuietGuard(settings, report, plan.current)  # puts the server back if this process cannot
     try:
         quiet.start()
         undo.writers = steps.stop_writers_task(settings)
+        undo.note()
         undo.backup = _backup(settings, report, pre, quiet)
+        undo.note()
         if settings.cleanup_apply and leftover_count:
             _cleanup(settings, report, mongo_url, undo, quiet)
         for hop in plan.hops:
             _hop(settings, report, undo, quiet, current, hop)
             current = hop
     except BaseException as exc:  # after the first stop, anything (a library error, a cancellation) rolls back
+        handed_over = guard.hand_over(exc)  # a cancellation: the runner kills this process 30 s later
+        if handed_over:
+            raise RunEnded(Outcome.CANCELLED, handed_over, exc) from exc
         raise _undo_or_roll_back(settings, report, plan, undo, exc) from exc
+    finally:
+        guard.release()
     _share(settings, report)
     return ""
 
@@ -242,6 +251,7 @@ def _backup(settings: UpgradeSettings, report: RunReport, pre: PreCopy, quiet: _
 def _cleanup(settings: UpgradeSettings, report: RunReport, mongo_url: str, undo: _Undo, quiet: _QuietClock) -> None:
     """deviceauth's decommissioning leftovers deleted (saved first, verified after)."""
     undo.cleanup = True  # set first: a cleanup cut short is undone too
+    undo.note()
     with timed(report, "cleanup"), quiet.part("cleanup"):
         report.cleanup = steps.cleanup_task(mongo_url, report.host, settings.backup, report.run_id).rows()
 
@@ -256,11 +266,13 @@ def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _Quie
         result = steps.hop_task(settings, current, hop)
     undo.first_tag = undo.first_tag or result.merge.pre_upgrade_tag
     undo.hop_tag = result.merge.pre_upgrade_tag
+    undo.note()
     report.warnings += result.warnings
     old_mongo, new_mongo = mongo_major(Version.parse(current)), mongo_major(Version.parse(hop))
     if old_mongo != new_mongo:
         steps.mongo_hop_check_task(settings, old_mongo, new_mongo)
     undo.cycled = True
+    undo.note()
     with timed(report, f"cycle {hop}"):
         cycle = steps.cycle_task(settings)
     quiet.cycled(cycle)
@@ -392,6 +404,12 @@ class _Undo:
         self.backup: Manifest | None = None  # this run's verified backup: what a rollback restores
         self.hop = ""                      # the hop under way
         self.cycled = False                # a cycle began: from now on a failure rolls back
+        self.guard: QuietGuard | None = None  # told each change: it puts the server back if this process cannot
+
+    def note(self) -> None:
+        """Tell the quiet period's guardian what this run has changed so far."""
+        if self.guard is not None:
+            self.guard.note(self)
 
     def run(self, why: str) -> str:
         """Branch back to the first pre-upgrade tag, every service running, cleanup undone.
@@ -414,8 +432,8 @@ class _Undo:
             if self.writers:
                 done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
-                restored = steps.undo_cleanup_task(steps.mongo_url_task(self.settings), self.settings.backup,
-                                                   self.report.run_id)
+                restored = steps.undo_cleanup_task(steps.mongo_url_task(self.settings), self.report.host,
+                                                   self.settings.backup, self.report.run_id)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")
         except Exception as exc:  # never hide the failure being undone behind the undo's own

@@ -64,9 +64,13 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
 
 def mark_failed_attempt(integration: Path, pre_upgrade_tag: str) -> str:
     """Mark HEAD (the failed attempt) `failed-upgrade/<same suffix as pre_upgrade_tag>` under
-    refs/mender-upgrade/; returns the marker's name."""
+    refs/mender-upgrade/; returns the marker's name. A marker made by an earlier attempt of the
+    same rollback (cut short: its process was killed, the guardian rolls back again) is kept:
+    it marks the failed attempt, HEAD may already be the old commit."""
     repo = git.Repo(integration)
     failed_tag = repository.FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
+    if failed_tag in repository.markers(repo, repository.FAILED_PREFIX):
+        return failed_tag
     repository.create_marker(repo, failed_tag, repo.head.commit.hexsha,
                              "Failed upgrade attempt kept for diagnosis (mender-upgrade)")
     return failed_tag

@@ -252,9 +252,11 @@ def find_leftovers_task(mongo_url: str, host: str, databases: list[str] | None =
 @task(name="cleanup-deviceauth", **MONGO_RETRIES)
 def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str, databases: list[str] | None = None,
                  tenants: list[str] | None = None) -> cleanup.CleanupReport:
+    """Saves the leftovers under the host's namespace `<target>/<host>/cleanup/<run_id>/`:
+    another host's prune or clean-up never touches them."""
     logger = get_run_logger()
     with cleanup.open_mongo(mongo_url) as client:
-        report = cleanup.apply_cleanup(client, backup.open_store(), run_id, databases, tenants, log=logger.info)
+        report = cleanup.apply_cleanup(client, backup.open_store(host), run_id, databases, tenants, log=logger.info)
     saved = f"saved to {report.receipt.target}/{report.receipt.key}, sha256 {report.receipt.sha256}" \
         if report.receipt else "nothing to save"
     create_table_artifact(key=artifact_key("deviceauth-cleanup", host), table=report.rows(),
@@ -263,9 +265,9 @@ def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str,
 
 
 @task(name="undo-deviceauth-cleanup", **MONGO_RETRIES)
-def undo_cleanup_task(mongo_url: str, backup: BackupSettings, run_id: str) -> cleanup.RestoreReport | None:
+def undo_cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str) -> cleanup.RestoreReport | None:
     with cleanup.open_mongo(mongo_url) as client:
-        report = cleanup.undo_cleanup(client, backup.open_store(), run_id)
+        report = cleanup.undo_cleanup(client, backup.open_store(host), run_id)
     if report:
         get_run_logger().warning(f"cleanup undone: restored {report.restored}, already there {report.already_present}")
     return report

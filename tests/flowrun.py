@@ -10,6 +10,7 @@ from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                             FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventAnyResourceFilter, EventFilter
 
 from flows.cli.upgrade import demo_settings
@@ -51,9 +52,11 @@ def run_flow(settings: UpgradeSettings, answer=None):
 
 
 def report_of(run_id: str) -> str:
-    """The run's markdown report artifact (what an operator reads in the UI)."""
+    """The run's markdown report artifact (what an operator reads in the UI): the newest, which
+    after a cancellation during the quiet period is the one the guardian published."""
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])),
+                                     sort=ArtifactSort.CREATED_DESC)
     return next(a.data for a in arts if (a.key or "").startswith("upgrade-report"))
 
 

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from flows.cli.common import CONFIG, ENDPOINT, TARGET, console, dim, settings_from
 from flows.cli.errors import Stopped
-from tasks.settings import BackupSettings
+from tasks.settings import UpgradeSettings
 from tasks.store import BackupStore, LocalStore
 
 if TYPE_CHECKING:
@@ -64,12 +64,12 @@ def _warn_old_clients(client) -> None:
                       "still need the old storage proxy address (keep it as the gateway alias)")
 
 
-def _restore_source(path: str, backup: BackupSettings) -> tuple[BackupStore, str]:
-    """A local file (its folder is the store) or a key in the backup target."""
+def _restore_source(path: str, settings: UpgradeSettings) -> tuple[BackupStore, str]:
+    """A local file (its folder is the store) or a key in this host's namespace of the backup target."""
     local = Path(path)
     if local.is_file():
         return LocalStore(local.resolve().parent), local.name
-    return backup.open_store(), path
+    return settings.backup_store(), path
 
 
 def cleanup_command(
@@ -97,7 +97,7 @@ def cleanup_command(
     backup = settings.backup
     with cleanup.open_mongo(_mongo_url(mongo_url, project or settings.compose_project)) as client:
         if restore:
-            store, key = _restore_source(restore, backup)
+            store, key = _restore_source(restore, settings)
             restored = cleanup.restore_leftovers(client, store, key)
             for ns in sorted(restored.restored):
                 console.print(f"{ns}: restored {restored.restored[ns]}, "
@@ -121,13 +121,14 @@ def cleanup_command(
         if not yes and not typer.confirm(f"Save {leftovers.count} document(s) to {backup.target} and delete "
                                          "them from MongoDB?", default=False):
             raise Stopped("not confirmed: nothing was changed")
-        report = cleanup.apply_cleanup(client, backup.open_store(), run_id or uuid.uuid4().hex, database, tenant,
+        report = cleanup.apply_cleanup(client, settings.backup_store(), run_id or uuid.uuid4().hex, database, tenant,
                                        log=dim)
     console.print(_report_table(report))
     if report.receipt:
         console.print(f"saved: {report.receipt.target}/{report.receipt.key} sha256 {report.receipt.sha256}",
                       markup=False)
-        console.print(f"undo: mender-upgrade cleanup --restore {report.receipt.key} --target {backup.target}",
+        where = f"--config {config} " if config else ""  # its host_id names the namespace the copy is in
+        console.print(f"undo: mender-upgrade cleanup --restore {report.receipt.key} {where}--target {backup.target}",
                       markup=False)
     console.print(f"verified: 0 leftovers remain, {sum(report.deleted.values())} document(s) deleted, "
                   "every other document kept")

@@ -10,6 +10,7 @@ import pytest
 from sandbox.s3 import S3_PORT
 from tasks.backup import ensure_verified_backup, list_backups
 from tasks.restore import check_archives
+from tasks.settings import BackupSettings
 from tasks.containers import project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
@@ -56,7 +57,13 @@ def test_mongo_stopped_during_cleanup(prefect_api, sandbox, fault, baseline):
         proxy.close()
     assert proxy.on_request is None, "the fault was never injected"
     # The proxy is closed: the invariants read this run's backup straight from S3.
-    assert run_backups(sandbox, settings).list_keys("")  # this run made a backup: invariant 2 checks it
+    store = run_backups(sandbox, settings)
+    assert store.list_keys("")  # this run made a backup: invariant 2 checks it
+    # The cleanup's copy is in this host's namespace, where only this host prunes and clean-ups run.
+    assert [k for k in store.list_keys("cleanup/") if k.endswith("/leftovers.bson")]
+    root = BackupSettings.model_validate(settings.backup.model_dump() | {
+        "endpoint_url": sandbox.s3.url, "secret_access_key": sandbox.s3.secret_key}).open_store()
+    assert not [k for k in root.list_keys("") if k.startswith("cleanup/")], "a cleanup copy at the target's root"
     assert_invariants(sandbox, before, baseline, report,
                       ["**failed**", "MongoDB", "before any downtime", "started mender-mongo", "cleanup undone"],
                       run=settings)

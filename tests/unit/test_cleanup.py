@@ -18,7 +18,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
-from tests.ports import free_port  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -36,6 +36,7 @@ from tasks import cleanup, steps  # noqa: E402
 from tasks.errors import TransientError, UpgradeError, retry_on_transient  # noqa: E402
 from tasks.mongo import MongoUnreachable  # noqa: E402
 from tasks.store import ChecksumMismatch, LocalStore  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PY = REPO / ".sandbox" / "venv-standin" / "bin" / "python"
@@ -465,7 +466,9 @@ def test_cli_dry_run_apply_and_restore(per_tenant, tmp_path):
     result, out = _run("--mongo-url", per_tenant.url, "--apply", "--yes", "--target", target, "--run-id", "cli")
     assert result.exit_code == 0, result.output
     assert "verified: 0 leftovers remain, 57 document(s) deleted" in out
-    saved = tmp_path / "backups" / "cleanup" / "cli" / "leftovers.bson"
+    # Under this host's namespace (no host_id configured: the machine's host name), never the target's root.
+    saved = tmp_path / "backups" / socket.gethostname() / "cleanup" / "cli" / "leftovers.bson"
+    assert not (tmp_path / "backups" / "cleanup").exists()
     assert f"sha256 {hashlib.sha256(saved.read_bytes()).hexdigest()}" in out
     assert snapshot(client) == without_leftovers(before, summary)
 
