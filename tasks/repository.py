@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import git
 import yaml
@@ -727,11 +728,19 @@ def upgrade_hop(repo: git.Repo, old: str, new: str, *, tag_head: bool = True,
     return result
 
 
-def _hops(repo: git.Repo, hops: list[str], on_hop: Callable[[HopResult], None], **options: object) -> list[HopResult]:
+class _HopOptions(TypedDict, total=False):
+    """upgrade_hop's keyword options, passed through by _hops."""
+    tag_head: bool
+    check: Callable[[Path], None]
+    extra_roots: tuple[Path, ...]
+
+
+def _hops(repo: git.Repo, hops: list[str], on_hop: Callable[[HopResult], None],
+          **options: Unpack[_HopOptions]) -> list[HopResult]:
     results = []
     current = current_version(repo)
     for hop in [validate_version(h) for h in hops]:
-        results.append(upgrade_hop(repo, current, hop, **options))  # type: ignore[arg-type]
+        results.append(upgrade_hop(repo, current, hop, **options))
         on_hop(results[-1])
         current = hop
     return results

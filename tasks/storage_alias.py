@@ -9,6 +9,8 @@ storage DNS name) and `my-gateway-dns-name` (the gateway's).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import cast
 from urllib.parse import urlsplit
 
 from tasks.errors import UpgradeError
@@ -51,7 +53,7 @@ def bare_host(value: str) -> str | None:
     return host
 
 
-def _env(service: object) -> dict[str, object]:
+def _env(service: object) -> Mapping[str, object]:
     """A service's environment as a mapping (compose also allows a `KEY=value` list)."""
     env = service.get("environment") if isinstance(service, dict) else None
     if isinstance(env, list):
@@ -69,7 +71,7 @@ def _aliases(service: object) -> list[str]:
 def find_storage_alias(text: str) -> str | None:
     """The storage DNS name devices use: storage-proxy's network alias, else the gateway's (2.7+
     layout), else the host of DEPLOYMENTS_AWS_EXTERNAL_URI / DEPLOYMENTS_AWS_URI."""
-    services = _plain(_load(text)).get("services") or {}  # type: ignore[union-attr]
+    services = _plain(_load(text)).get("services") or {}
     candidates = [*_aliases(services.get(STORAGE_PROXY)), *_aliases(services.get(GATEWAY))]
     env = _env(services.get(DEPLOYMENTS))
     candidates += [str(env[k]) for k in ("DEPLOYMENTS_AWS_EXTERNAL_URI", "DEPLOYMENTS_AWS_URI") if env.get(k)]
@@ -153,6 +155,8 @@ def _patch_gateway_networks(text: str, alias: str, template_data: dict) -> str:
     aliases = mender.get("aliases") if isinstance(mender, dict) else None
     if isinstance(aliases, list) and aliases:
         return _add_alias(text, (*path, "mender", "aliases"), aliases, alias)
+    target: Path
+    value: object
     if isinstance(mender, dict):
         target, value = (*path, "mender", "aliases"), [alias]
     elif isinstance(networks, dict):
@@ -164,14 +168,15 @@ def _patch_gateway_networks(text: str, alias: str, template_data: dict) -> str:
         target, value = path, {"mender": {"aliases": [alias]}}
     lines = _alias_lines(target[-1], value, alias, _step(root))
     if _get(data, target) is MISSING:
-        before = _next_sibling(template_data, target, _get(data, target[:-1]))  # type: ignore[arg-type]
+        parent = cast(dict, _get(data, target[:-1]))  # a mapping: the gateway, its networks or their `mender`
+        before = _next_sibling(template_data, target, parent)
         return insert_key(text, target, value, lines, before=before)
     return replace_value(text, target, value, lines)
 
 
 def _drop_storage_port(text: str, alias: str) -> str:
     """DEPLOYMENTS_AWS_URI without `:9000` when it names the storage host (2.7 serves 443 only)."""
-    env = _service(_plain(_load(text))["services"], DEPLOYMENTS).get("environment")  # type: ignore[index,arg-type]
+    env = _service(_plain(_load(text))["services"], DEPLOYMENTS).get("environment")
     path = ("services", DEPLOYMENTS, "environment")
     if isinstance(env, dict) and isinstance(env.get("DEPLOYMENTS_AWS_URI"), str):
         fixed = _without_port(env["DEPLOYMENTS_AWS_URI"], alias)
@@ -216,7 +221,7 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
     if bare_host(alias) != alias:
         raise StorageAliasNotFound(f"{alias!r} is not a bare DNS name",
                                    "give the host name only, without scheme or port (e.g. s3.example.com)")
-    services = _plain(_load(text)).get("services")  # type: ignore[union-attr]
+    services = _plain(_load(text)).get("services")
     if not isinstance(services, dict) or not isinstance(services.get(GATEWAY), dict):
         raise ProdYamlError("prod.yml has no mender-api-gateway override",
                             "copy the mender-api-gateway section of the new prod.yml.template into prod.yml")
@@ -229,7 +234,7 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
         text = delete_key(text, ("services", STORAGE_PROXY))
     text = _patch_gateway_networks(text, alias, template_data)
     text = _drop_storage_port(text, alias)
-    gateway = _plain(_load(text))["services"][GATEWAY]  # type: ignore[index]
+    gateway = _plain(_load(text))["services"][GATEWAY]
     if "command" not in gateway and "command" in template_gateway:
         path = ("services", GATEWAY, "command")
         lines = _template_key_lines(template, path, True, _step(_load(text)))
@@ -275,12 +280,12 @@ def allow_storage_host(text: str, alias: str) -> str:
     The map form (`ALLOWED_HOSTS: "a,b"`, quotes kept) and the list form (`- ALLOWED_HOSTS=a,b`)
     are edited in place; a value that is not in prod.yml (`${VAR}`, an env_file) is refused
     with the exact line to add. Running it again changes nothing."""
-    gateway = _service(_plain(_load(text)).get("services") or {}, GATEWAY)  # type: ignore[union-attr]
+    gateway = _service(_plain(_load(text)).get("services") or {}, GATEWAY)
     env, path = gateway.get("environment"), ("services", GATEWAY, "environment")
     list_form = isinstance(env, list)
     if isinstance(env, dict) and env.get(ALLOWED_HOSTS) is not None:
         value, index = str(env[ALLOWED_HOSTS]), None
-    elif list_form:
+    elif isinstance(env, list):  # list_form, spelt out for the type checker
         found = [(i, str(item).partition("=")[2]) for i, item in enumerate(env)
                  if str(item).partition("=")[0].strip() == ALLOWED_HOSTS and "=" in str(item)]
         if not found:

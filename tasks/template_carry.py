@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from tasks.storage_alias import PLACEHOLDERS, STORAGE_PLACEHOLDER, find_storage_alias
 from tasks.yaml_edit import (MISSING, Path, _checked, _get, _is_comment, _load, _Missing, _next_sibling, _plain, _span,
@@ -196,8 +197,8 @@ def _apply(text: str, change: TemplateChange, new_template: str, bound: dict[str
     step = _step(_load(text))
     if change.current is MISSING:
         lines = _fill_lines(_template_key_lines(new_template, path, True, step) or [], bound)
-        present = _get(_plain(_load(text)), path[:-1])
-        return insert_key(text, path, change.new, lines, before=_next_sibling(new_data, path, present))  # type: ignore[arg-type]
+        present = cast(dict, _get(_plain(_load(text)), path[:-1]))  # a mapping: insert_key needs the parent
+        return insert_key(text, path, change.new, lines, before=_next_sibling(new_data, path, present))
     lines = _fill_lines(_template_key_lines(new_template, path, False, step) or [], bound)
     return replace_value(text, path, change.new, lines)
 

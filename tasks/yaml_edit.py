@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 from dataclasses import dataclass
+from typing import Any, cast, overload
 
 import yaml
 from ruamel.yaml import YAML
@@ -53,8 +54,15 @@ def _load(text: str, what: str = "prod.yml") -> CommentedMap:
     return root
 
 
+@overload
+def _plain(node: dict) -> dict[str, Any]: ...
+@overload
+def _plain(node: list) -> list[Any]: ...
+@overload
+def _plain(node: object) -> object: ...
 def _plain(node: object) -> object:
-    """ruamel's round-trip nodes as plain dicts, lists and scalars."""
+    """ruamel's round-trip nodes as plain dicts, lists and scalars (parsed YAML: Any inside,
+    like yaml.safe_load's result)."""
     if isinstance(node, dict):
         return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, list):
@@ -85,8 +93,19 @@ def _real_key(mapping: CommentedMap, name: str) -> object:
 def _node(root: CommentedMap, path: Path) -> object:
     node: object = root
     for name in path:
-        node = node[_real_key(node, name)]  # type: ignore[index]
+        mapping = cast(CommentedMap, node)  # every name but the last one's names a mapping
+        node = mapping[_real_key(mapping, name)]
     return node
+
+
+def _mapping(root: CommentedMap, path: Path) -> CommentedMap:
+    """The mapping at `path`: callers pass the path of a key's parent, or of a mapping they checked."""
+    return cast(CommentedMap, _node(root, path))
+
+
+def _sequence(root: CommentedMap, path: Path) -> CommentedSeq:
+    """The sequence at `path` (callers' paths name sequences)."""
+    return cast(CommentedSeq, _node(root, path))
 
 
 def _indent(line: str) -> int:
@@ -110,10 +129,10 @@ class _Span:
 
 
 def _span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
-    parent = _node(root, path[:-1])
-    key = _real_key(parent, path[-1])  # type: ignore[arg-type]
-    start, col = parent.lc.key(key)  # type: ignore[union-attr]
-    value = parent[key]  # type: ignore[index]
+    parent = _mapping(root, path[:-1])
+    key = _real_key(parent, path[-1])
+    start, col = parent.lc.key(key)
+    value = parent[key]
     last = start
     for i in range(start + 1, len(lines)):
         line = lines[i]
@@ -286,10 +305,10 @@ def replace_value(text: str, path: Path, value: object, template_lines: list[str
         return _rerender(text, root, flow, _get(expected, flow), f"`{'.'.join(path)}`")
     lines, cr = _split(text)
     span = _span(lines, root, path)
-    parent = _node(root, path[:-1])
-    key = _real_key(parent, path[-1])  # type: ignore[arg-type]
-    old = parent[key]  # type: ignore[index]
-    vline, vcol = parent.lc.value(key)  # type: ignore[union-attr]
+    parent = _mapping(root, path[:-1])
+    key = _real_key(parent, path[-1])
+    old = parent[key]
+    vline, vcol = parent.lc.value(key)
     single = span.end == span.start + 1 and vline == span.start
     end = _scalar_end(lines[vline], vcol) if single and old is not None else None
     if end is not None and not isinstance(value, (dict, list)) and value is not None:
@@ -314,15 +333,15 @@ def _rerender(text: str, root: CommentedMap, path: Path, value: object, what: st
 def replace_item(text: str, path: Path, index: int, value: str) -> str:
     """Set item `index` of the sequence at `path` to the scalar `value`, in place."""
     root = _load(text)
-    seq = _node(root, path)
+    seq = _sequence(root, path)
     items = _plain(seq)
-    items[index] = value  # type: ignore[index]
+    items[index] = value
     expected = _set_in(_plain(root), path, items)
     flow = _flow_prefix(root, path)
     if flow:
         return _rerender(text, root, flow, _get(expected, flow), f"`{'.'.join(path)}`")
     lines, _ = _split(text)
-    line, col = seq.lc.item(index)  # type: ignore[union-attr]
+    line, col = seq.lc.item(index)
     end = _scalar_end(lines[line], col)
     if end is None:
         return replace_value(text, path, items)
@@ -334,13 +353,13 @@ def replace_item(text: str, path: Path, index: int, value: str) -> str:
 def append_item(text: str, path: Path, value: str, comment: str = "") -> str:
     """Append the scalar `value` to the (non-empty, block-style) sequence at `path`."""
     root = _load(text)
-    seq = _node(root, path)
-    items = [*_plain(seq), value]  # type: ignore[misc]
+    seq = _sequence(root, path)
+    items = [*_plain(seq), value]
     if _flow_prefix(root, path) or not seq:
         return replace_value(text, path, items)
     lines, cr = _split(text)
     span = _span(lines, root, path)
-    line, col = seq.lc.item(len(seq) - 1)  # type: ignore[union-attr,arg-type]
+    line, col = seq.lc.item(len(seq) - 1)
     dash = " " * (col - 2)
     new = ([f"{dash}{comment}"] if comment else []) + [f"{dash}- {_scalar_text(value)}"]
     lines[span.end:span.end] = [entry + cr for entry in new]
@@ -381,7 +400,7 @@ def delete_key(text: str, path: Path) -> str:
     """Remove the key at `path` with its value and the comments directly above it; a mapping
     left empty goes too."""
     root = _load(text)
-    while len(path) > 2 and len(_node(root, path[:-1])) == 1:  # type: ignore[arg-type]
+    while len(path) > 2 and len(_mapping(root, path[:-1])) == 1:
         path = path[:-1]
     expected = _del_in(_plain(root), path)
     flow = _flow_prefix(root, path[:-1]) if len(path) > 1 else None
