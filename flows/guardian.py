@@ -94,7 +94,7 @@ class QuietGuard:
 
     def release(self) -> None:
         """The quiet period ended with the server healthy (new or rolled back): nothing to guard."""
-        if not self.proc.stdin.closed:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
             self._send({"done": True})
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
@@ -144,7 +144,8 @@ def publish_for_run(report: RunReport) -> None:
 
 
 def main() -> int:
-    settings, state, report, why = None, {}, None, KILLED
+    state: dict = {}  # the run's last `state` message (QuietGuard.state)
+    settings, report, why = None, None, KILLED
     for line in sys.stdin.buffer:
         message = json.loads(line)
         if message.get("done"):

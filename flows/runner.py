@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -166,15 +166,21 @@ def approve(run_id: str, approve: bool, comment: str, approver: str, sign_with: 
             raise UpgradeError(f"run {run_id} is {run.state.name if run.state else 'unknown'}, not waiting for approval",
                                "only a paused run can be approved or rejected")
     form = _form_defaults(run_id, run.state.state_details.run_input_keyset or {})
-    result = resume_flow_run(run_id, run_input=answer_for(form, approve, comment, approver, sign_with))
+    result = resume_flow_run(UUID(run_id), run_input=answer_for(form, approve, comment, approver, sign_with))
     return str(getattr(result, "type", result))
 
 
 def _form_defaults(run_id: str, keys: dict) -> dict:
     """The binding the paused form was filled in with: run_id, gate, plan_digest."""
-    schema = read_flow_run_input(keys["schema"], flow_run_id=UUID(run_id)) if keys.get("schema") else None
+    schema = _flow_run_input(keys["schema"], run_id) if keys.get("schema") else None
     properties = (schema or {}).get("properties", {})
     return {name: properties.get(name, {}).get("default", "") for name in ("run_id", "gate", "plan_digest")}
+
+
+def _flow_run_input(key: str, run_id: str) -> Any:
+    """A paused run's input `key` (JSON), None when absent. Prefect's async_dispatch types
+    read_flow_run_input as "value or coroutine"; called from sync code, as here, it is the value."""
+    return cast(Any, read_flow_run_input(key, flow_run_id=UUID(run_id)))
 
 
 def answer_for(form: dict, approve: bool, comment: str, approver: str, sign_with: Path | None = None) -> dict:
@@ -188,7 +194,7 @@ def answer_for(form: dict, approve: bool, comment: str, approver: str, sign_with
 def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str], tuple[bool, str]],
                       approver: str, stop: threading.Event) -> threading.Thread:
     """A thread that, whenever the run pauses, shows the description and resumes with the answer."""
-    answered: set[str] = set()
+    answered: set[str | None] = set()
 
     def answer_if_paused() -> None:
         run_id = flow_run_id()
@@ -200,11 +206,11 @@ def terminal_approver(flow_run_id: Callable[[], str | None], ask: Callable[[str]
         if not run.state or run.state.type.value != "PAUSED" or keys.get("response") in answered:
             return
         try:
-            description = read_flow_run_input(keys["description"], flow_run_id=UUID(run_id)) or ""
+            description = _flow_run_input(keys["description"], run_id) or ""
         except Exception:  # paused before its form was saved (Prefect #11905): next poll
             return
         ok, comment = ask(str(description))
-        resume_flow_run(run_id, run_input=answer_for(_form_defaults(run_id, keys), ok, comment, approver))
+        resume_flow_run(UUID(run_id), run_input=answer_for(_form_defaults(run_id, keys), ok, comment, approver))
         answered.add(keys.get("response"))
 
     def loop() -> None:
@@ -243,7 +249,7 @@ def history(limit: int = 50, host: str | None = None) -> list[dict]:
 def history_row(run: FlowRun, summary: ReportSummary | None, now: datetime) -> dict:
     """One run for `history`: its report's summary, else what the run's name and state say (a
     run still going has no report yet)."""
-    state = run.state.name if run.state else "?"
+    state = run.state.name if run.state and run.state.name is not None else "?"  # Prefect names every state
     named_host, _, versions = run.name.partition(" ")
     current, _, target = versions.partition("→")
     end = run.end_time or (now if run.start_time else None)
