@@ -27,7 +27,7 @@ class RunReport:
     approvals: list[Decision] = field(default_factory=list)
     plan_digest: str = ""  # sha256 of the reviewed plan that approvals bind to
     backup: dict = field(default_factory=dict)
-    cleanup: dict = field(default_factory=dict)
+    cleanup: dict | list[dict] = field(default_factory=dict)  # the cleanup's rows once it ran
     steps: dict[str, float] = field(default_factory=dict)
     downtime_s: float | None = None  # the container cycles: first stop until healthy
     unavailability_s: float | None = None  # the quiet period: first writer stop until healthy

@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -136,7 +137,7 @@ def _require_staging(settings: UpgradeSettings, plan: UpgradePlan) -> None:
     if not settings.staging.require_completed_on:
         return
     try:
-        proof = require_completed_on_staging(settings.staging.require_completed_on, plan.target)
+        proof = require_completed_on_staging(settings.staging.require_completed_on, cast(str, plan.target))  # not refused: set
     except StagingNotDone as exc:
         raise RunEnded(Outcome.REFUSED, _why(exc), exc) from exc
     get_run_logger().info(f"staging: {proof}")
@@ -171,7 +172,8 @@ def _review_and_dry_run(settings: UpgradeSettings, report: RunReport, plan: Upgr
         raise RunEnded(Outcome.REFUSED, "the review and dry run of the merge failed, nothing was changed: "
                        f"{_why(exc)}", exc) from exc
     # What an approval binds to: the answer for this run and this plan only.
-    report.plan_digest = plan_digest(report.host, plan.current, plan.target, plan.hops, [r.diff for r in reviews])
+    report.plan_digest = plan_digest(report.host, plan.current, cast(str, plan.target), plan.hops,  # not refused: set
+                                     [r.diff for r in reviews])
     return reviews
 
 
@@ -290,10 +292,10 @@ def _undo_or_roll_back(settings: UpgradeSettings, report: RunReport, plan: Upgra
     if not undo.cycled:
         return RunEnded(Outcome.FAILED, undo.run(_why(exc)), exc)
     log = get_run_logger()
-    manifest = undo.backup
+    manifest = cast(Manifest, undo.backup)  # recorded before the first cycle
     log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
     with timed(report, "rollback"), _stop_requests_held(log):
-        steps.rollback_task(settings, manifest, undo.first_tag)
+        steps.rollback_task(settings, manifest, cast(str, undo.first_tag))  # the first hop's merge tagged it
     reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
     emit_rolled_back(report.run_id, reason)
     if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
@@ -351,7 +353,8 @@ class _QuietClock:
     with its parts (dump, delta, cleanup, merge, cycle, gate; `other` is the rest)."""
 
     def __init__(self, report: RunReport) -> None:
-        self.report, self.parts = report, {}
+        self.report = report
+        self.parts: dict[str, float] = {}
         self._start = 0.0
 
     def start(self) -> None:
