@@ -28,10 +28,11 @@ def restore_drill_flow(settings: UpgradeSettings = UpgradeSettings()) -> dict:
     image = mongo_container(client, settings.compose_project).attrs["Config"]["Image"]
     report = restore_drill(client, store, manifest, image, host_id=settings.host(), log=log.info)
     outcome = "passed" if report.passed else "FAILED"
-    create_markdown_artifact(key=artifact_key("restore-drill", settings.host()), description=f"restore drill {outcome}", markdown="\n".join(
-        [f"# Restore drill of `{manifest.target}/{manifest.key}`: **{outcome}**",
-         f"- {report.collections_checked} collections and {report.files_checked} files compared",
-         *[f"- difference: {d}" for d in report.differences[:50]]]))
+    create_markdown_artifact(key=artifact_key("restore-drill", settings.host()), description=f"restore drill {outcome}",
+                             markdown="\n".join([
+                                 f"# Restore drill of `{manifest.target}/{manifest.key}`: **{outcome}**",
+                                 f"- {report.collections_checked} collections and {report.files_checked} files compared",
+                                 *[f"- difference: {d}" for d in report.differences[:50]]]))
     if not report.passed:
         raise UpgradeError(f"restore drill of {manifest.backup_id} found {len(report.differences)} differences",
                            "see the drill artifact; the backup may not be restorable")

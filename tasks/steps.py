@@ -145,7 +145,8 @@ def finish_backup_task(settings: UpgradeSettings, pre: precopy.PreCopy) -> preco
                                   project=settings.compose_project, keep_last=settings.backup.keep_last,
                                   holds_lock=True, log=get_run_logger().info)
     manifest = quiet.manifest
-    create_table_artifact(key=artifact_key("upgrade-backup", settings.host()), description=f"verified backup {manifest.target}/{manifest.key}",
+    create_table_artifact(key=artifact_key("upgrade-backup", settings.host()),
+                          description=f"verified backup {manifest.target}/{manifest.key}",
                           table=[{"object": o.key, "bytes": o.size, "sha256": o.sha256} for o in manifest.objects])
     return quiet
 
@@ -185,7 +186,8 @@ def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
                                          smoke=settings.gateway_smoke, log=logger.info)
     for check in report.gateway:
         logger.info(f"gateway: {check}")
-    create_table_artifact(key=artifact_key("upgrade-health", settings.host()), description=f"health gate passed; downtime {report.downtime_s:.1f} s",
+    create_table_artifact(key=artifact_key("upgrade-health", settings.host()),
+                          description=f"health gate passed; downtime {report.downtime_s:.1f} s",
                           table=[{"service": s, "state": st, "kept running": s in report.kept}
                                  for s, st in sorted(report.services.items())])
     return report
