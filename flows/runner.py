@@ -166,8 +166,10 @@ def approve(run_id: str, approve: bool, comment: str, approver: str, sign_with: 
             raise UpgradeError(f"run {run_id} is {run.state.name if run.state else 'unknown'}, not waiting for approval",
                                "only a paused run can be approved or rejected")
     form = _form_defaults(run_id, run.state.state_details.run_input_keyset or {})
-    result = resume_flow_run(UUID(run_id), run_input=answer_for(form, approve, comment, approver, sign_with))
-    return str(getattr(result, "type", result))
+    resume_flow_run(UUID(run_id), run_input=answer_for(form, approve, comment, approver, sign_with))
+    with get_client(sync_client=True) as client:  # Prefect 3's resume_flow_run returns nothing: read the state
+        after = client.read_flow_run(UUID(run_id)).state
+    return after.name if after and after.name else "state unknown"
 
 
 def _form_defaults(run_id: str, keys: dict) -> dict:

@@ -93,10 +93,11 @@ def test_a_signed_approval_is_verified_and_cannot_be_replayed(prefect_api, keys)
         with get_client(sync_client=True) as client:
             keyset = client.read_flow_run(UUID(run_id)).state.state_details.run_input_keyset
         first.update(answer_for(_form_defaults(run_id, keyset), True, "reviewed", "alice", keys["alice"]))
-        approve(run_id, True, "reviewed", "alice", sign_with=keys["alice"])
+        first["state after"] = approve(run_id, True, "reviewed", "alice", sign_with=keys["alice"])
 
     decision = _run_answered_by(sign_and_keep, True, keys["signers"])
     assert (decision["outcome"], decision["verified_identity"], decision["approver"]) == ("approved", "alice@example.com", "alice")
+    assert first.pop("state after") == "Running"  # what `mender-upgrade approve` prints: the run's state once resumed
 
     # The same signed answer, replayed on another run waiting for the same plan.
     replayed = _run_answered_by(lambda run_id: resume_flow_run(run_id, run_input=first), True, keys["signers"])
