@@ -4,15 +4,19 @@ the operator's clone of the real repository, its own `./run`, a stand-in under e
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import git
 import pytest
 
 from sandbox import stack
 from sandbox.integration_fixture import OPERATOR_STORAGE_HOST
+from sandbox.releases import BROKEN_VERSION
 from sandbox.seed import artifact_files
 from sandbox.standin_catalogue import compose_images
 from tasks.containers import project_states, run_compose
+from tasks.mongo import server_info
+from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.sandbox.test_real_stack import _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
 
@@ -55,3 +59,54 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
     finally:
         stack.down()
 
+
+def _tag_broken_release(integration: Path) -> str:
+    """Tag `BROKEN_VERSION` in the clone: the real 2.7.2 files with deployments on the stand-in
+    whose migration never ends (process alive, no HEALTHCHECK, :8080 never answering)."""
+    repo = git.Repo(integration)
+    work = integration.parent / "broken-release"
+    repo.git.worktree("add", "--quiet", "--detach", str(work), "2.7.2")
+    try:
+        compose = work / "docker-compose.yml"
+        compose.write_text(compose.read_text().replace("mendersoftware/deployments:mender-2.7.2",
+                                                       f"mendersoftware/deployments:mender-{BROKEN_VERSION}"))
+        git.Repo(work).git.commit("--quiet", "-am", f"Bump versions for Mender {BROKEN_VERSION}")
+        repo.create_tag(BROKEN_VERSION, git.Repo(work).head.commit, message=f"Mender {BROKEN_VERSION}")
+    finally:
+        repo.git.worktree("remove", "--force", str(work))
+    return BROKEN_VERSION
+
+
+@needs_upstream
+def test_real_files_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("2.6.4")
+    try:
+        old_images = {s: st.image for s, st in project_states(sb.client).items()}
+        target = _tag_broken_release(sb.integration)
+        before = take_before(sb)
+        settings = flow_settings(sb, target, health_timeout_s=30)
+        state, run_id, _ = run_flow(settings, answer=lambda d: (True, "ok"))
+        assert state.is_failed()
+        report = report_of(run_id)
+        assert "mender-deployments" in report and "connection refused" in report, report
+        assert_invariants(sb, before, run_backups(sb, settings), report,
+                          ["**rolled back**", "back on 2.6.4", "not healthy"], run=settings, old_images=old_images)
+    finally:
+        stack.down()
+
+
+@needs_upstream
+def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("3.6.5")
+    try:
+        assert project_states(sb.client)["mender-mongo"].image == "mongo:4.4"
+        state, run_id, _ = run_flow(flow_settings(sb, "3.7.11", health_timeout_s=150), answer=lambda d: (True, "ok"))
+        assert state.is_completed(), f"{state.message}\n{report_of(run_id)}"
+        states = project_states(sb.client)
+        assert {s: st.image for s, st in states.items()} == compose_images(run_compose(sb.integration, ["config"]))
+        assert states["mender-mongo"].image == "mongo:5.0" and all(st.ok for st in states.values())
+        with sb.mongo() as mongo:
+            assert server_info(mongo).feature_compatibility_version == "5.0"
+        assert git.Repo(sb.integration).git.describe("--tags", "--abbrev=0") == "3.7.11"
+    finally:
+        stack.down()
