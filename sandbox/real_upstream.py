@@ -92,6 +92,25 @@ def _configure(dest: Path, version: str) -> None:
     repo.git.commit("--quiet", "-m", "production: final configuration")
 
 
+def release_files(clone: Path, versions: list[str]) -> list[Path]:
+    """The files of each tag in `versions` the clone carries, each in `<clone>/../releases/<tag>`
+    with the operator's `prod.yml` from that tag's template: enough for `./run config`."""
+    out = []
+    for version in versions:
+        if _git(["rev-parse", "--verify", "--quiet", f"refs/tags/{version}^{{commit}}"], clone).returncode != 0:
+            continue
+        dest = clone.parent / "releases" / version
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", version], cwd=clone, capture_output=True,
+                                 timeout=120, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, capture_output=True, check=True, timeout=120)
+        config = dest / "production" / "config"
+        (config / "prod.yml").write_text(operator_prod_yml((config / "prod.yml.template").read_text()))
+        out.append(dest)
+    return out
+
+
 def run_keygen(dest: Path) -> None:
     """The docs' `../keygen`, run in `production/`: up to 3.0 two certificates
     (`CERT_API_CN`, `CERT_STORAGE_CN`), from 3.1 one (`CERT_CN`, the storage name as a SAN)."""

@@ -16,11 +16,12 @@ from sandbox.engine import ensure_engine
 from sandbox.home import SandboxHome
 from sandbox.integration_fixture import create_operator_clone, create_upstream
 from sandbox.processes import SandboxError
-from sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream
+from sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream, release_files
 from sandbox.registry import registry_answers, start_registry, stop_registry
-from sandbox.releases import Release
+from sandbox.releases import RUNNABLE_VERSIONS, Release
 from sandbox.s3 import S3Endpoint, start_s3, stop_s3
 from sandbox.seed import MAX_FLEET, SeedSummary, seed_artifacts, seed_bulk_artifacts, seed_mongo
+from tasks.versions import Version
 from tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
 
 SANDBOX_LABEL = "org.mender-upgrade.sandbox"
@@ -97,7 +98,7 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         # upstream, version or image leaves the running sandbox (if any) as it was.
         try:
             clone_operator(real_upstream, staged, version)
-            real_images = _real_stack_images(staged)
+            real_images = _real_stack_images(staged, version)
         except BaseException:
             shutil.rmtree(staged.parent, ignore_errors=True)
             raise
@@ -144,9 +145,15 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     return sandbox
 
 
-def _real_stack_images(staged: Path) -> list[str]:
-    """The images the clone's compose files name (`./run config`); every one needs a stand-in."""
+def _real_stack_images(staged: Path, version: str) -> list[str]:
+    """The images the clone's compose files name (`./run config`) at `version` and at every later
+    runnable release (the upgrade targets, whose `./run pull` the registry mirror serves as Docker
+    Hub would); every one needs a stand-in."""
     found = standin_catalogue.compose_images(run_compose(staged, ["config"]))
+    for target in release_files(staged, [v for v in RUNNABLE_VERSIONS if Version.parse(v) > Version.parse(version)]):
+        found |= {f"{target.name}/{service}": image for service, image in
+                  standin_catalogue.compose_images(run_compose(target, ["config"])).items()}
+    shutil.rmtree(staged.parent / "releases", ignore_errors=True)
     missing = standin_catalogue.missing_standins(found, set(images.MONGO_VERSIONS))
     if missing:
         raise SandboxError(f"the compose files of {UPSTREAM_ENV}={configured_upstream()!r} name images with "

@@ -153,7 +153,7 @@ def run_backups(sandbox, settings: UpgradeSettings) -> BackupStore:
 
 def assert_invariants(sandbox, before: Before, backups: BackupStore, history: str,
                       says: list[str], new_version: str | None = None, new_data: bool = False,
-                      run: UpgradeSettings | None = None) -> None:
+                      run: UpgradeSettings | None = None, old_images: dict[str, str] | None = None) -> None:
     """The five invariants of the fault matrix, after a case.
 
     1 healthy on the old (or `new_version`); 2 the newest verified backup the `run` made (when
@@ -162,12 +162,14 @@ def assert_invariants(sandbox, before: Before, backups: BackupStore, history: st
     state before (unless `new_data`: a completed upgrade may add); 4 the clone is on the
     production branch, clean (but for the test's own dirt), with a pre-upgrade marker at the old
     commit when anything was merged, no marker among the tags, and `git describe --tags` (what
-    ./run exports as INTEGRATION_VERSION) naming the old release when that runs; 5 the history (report or message) says `says`."""
+    ./run exports as INTEGRATION_VERSION) naming the old release when that runs; 5 the history (report or message) says `says`.
+    `old_images`: service -> image of the old release when it is not the fixture's (the real files)."""
     # 1
     services = compose_services(sandbox.integration)
     wait_until_healthy(sandbox.client, services, timeout=180, stability_window=2)
     images = {s: st.image for s, st in project_states(sandbox.client).items()}
-    allowed = [Release(before.version).images()] + ([Release(new_version).images()] if new_version else [])
+    old = old_images or Release(before.version).images()
+    allowed = [old] + ([Release(new_version).images()] if new_version else [])
     assert images in allowed, f"running images are neither {before.version} nor {new_version}: {images}"
     helpers = sandbox.client.containers.list(all=True, filters={"label": HELPER_LABEL})
     assert not helpers, f"volume helper containers left behind: {[c.name for c in helpers]}"
@@ -191,7 +193,7 @@ def assert_invariants(sandbox, before: Before, backups: BackupStore, history: st
     head = repo.head.commit.hexsha
     assert not [t.name for t in repo.tags if t.name.startswith((PRE_UPGRADE_PREFIX, FAILED_PREFIX))]
     described = repo.git.describe("--tags", "--abbrev=0")
-    if images == Release(before.version).images():  # unchanged or rolled back: HEAD is the old commit
+    if images == old:  # unchanged or rolled back: HEAD is the old commit
         assert described == before.version, f"./run would export INTEGRATION_VERSION={described}"
     else:  # which release tag wins after a merge depends on the history's shape (the real one: the new)
         assert STABLE_TAG.match(described), f"./run would export INTEGRATION_VERSION={described}"

@@ -91,7 +91,7 @@ def test_real_release_runs_and_serves(real_upstream, version):
         assert {s: st.image for s, st in states.items()} == named
         # Docker health only where the real image or compose file has one.
         with_health = {s for s, st in states.items() if st.health is not None}
-        expected_health = {"mender-gui", "minio", "mender-mongo"}
+        expected_health = {"mender-gui", "minio"}
         assert with_health == expected_health, with_health
         # Each API service answers its internal health path (label from 3.0, table before).
         targets = {}
@@ -112,7 +112,7 @@ def test_real_release_runs_and_serves(real_upstream, version):
         assert login.status == 401, login
         device = _https("127.0.0.1", 443, "/api/devices/v1/authentication/auth_requests", OPERATOR_GATEWAY_HOST,
                         "POST")
-        assert device.status is not None and device.status != 404 and device.status < 502, device
+        assert device.status is not None and device.status != 404 and device.status < 500, device
         unauthenticated = _https("127.0.0.1", 443, "/api/management/v1/deployments/deployments",
                                  OPERATOR_GATEWAY_HOST)
         assert unauthenticated.status == 401, unauthenticated

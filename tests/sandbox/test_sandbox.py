@@ -32,7 +32,7 @@ def test_old_stack_healthy_through_the_clones_run(sandbox):
         assert states[service].ok, states[service]
         if service == "mender-mongo":
             continue
-        # Docker health only where the image has a HEALTHCHECK (mongo, gui, old minio), as the real ones
+        # Docker health only where the image has a HEALTHCHECK (gui, old minio), as the real ones
         has_check = bool(sandbox.client.images.get(image).attrs["Config"].get("Healthcheck"))
         assert states[service].health == ("healthy" if has_check else None), (service, states[service])
         # 2.6's compose files set no health label...

@@ -1,0 +1,112 @@
+"""The upgrade flow on the real `mendersoftware/integration` files (MENDER_INTEGRATION_UPSTREAM):
+the operator's clone of the real repository, its own `./run`, a stand-in under every image name."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import git
+import pytest
+
+from sandbox import stack
+from sandbox.integration_fixture import OPERATOR_STORAGE_HOST
+from sandbox.releases import BROKEN_VERSION
+from sandbox.seed import artifact_files
+from sandbox.standin_catalogue import compose_images
+from tasks.containers import project_states, run_compose
+from tasks.mongo import server_info
+from tests.faults.conftest import assert_invariants, run_backups, take_before
+from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
+from tests.sandbox.test_real_stack import _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.sandbox
+
+
+@needs_upstream
+def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("2.6.4")
+    try:
+        assert "storage-proxy" in project_states(sb.client)
+        state, run_id, asked = run_flow(flow_settings(sb, "3.0.2", health_timeout_s=150),
+                                        answer=lambda d: (True, "ok"))
+        report = report_of(run_id)
+        assert state.is_completed(), f"{state.message}\n{report}"
+        assert state.result()["hops"] == ["2.7.2", "3.0.2"]
+        repo = git.Repo(sb.integration)
+        # The tool's markers are no tags: the release tag names what runs (the GUI's version).
+        assert repo.git.describe("--tags", "--abbrev=0") == "3.0.2"
+        assert not [t.name for t in repo.tags if "upgrade" in t.name]
+        assert len([r for r in repo.git.for_each_ref("refs/mender-upgrade/pre-upgrade").splitlines()]) == 2
+        # What runs is what the real 3.0.2 files name; storage-proxy is gone.
+        states = project_states(sb.client)
+        assert {s: st.image for s, st in states.items()} == compose_images(run_compose(sb.integration, ["config"]))
+        assert "storage-proxy" not in states and all(st.ok for st in states.values())
+        # The 2.7 alias patch: the storage name devices hold in artifact links is an alias of the
+        # gateway, which routes it to minio; a seeded artifact comes back byte for byte.
+        gateway = sb.client.containers.get(states["mender-api-gateway"].container_id)
+        aliases = {a for n in gateway.attrs["NetworkSettings"]["Networks"].values() for a in n.get("Aliases") or []}
+        assert OPERATOR_STORAGE_HOST in aliases
+        path, (content, _, _) = next((p, f) for p, f in artifact_files(2604).items()
+                                     if p.startswith("mender-artifact-storage/"))
+        with _raw_https(443, f"/{path}", OPERATOR_STORAGE_HOST) as body:
+            assert hashlib.sha256(body).hexdigest() == hashlib.sha256(content).hexdigest()
+        # Each hop's gate reached storage through the gateway under the storage name.
+        _, recorded = everything_recorded(run_id)
+        storage_checks = [ln for ln in recorded.splitlines() if ln.startswith("gateway: artifact storage")]
+        assert len(storage_checks) == 2 and all(ln.endswith(", ok") for ln in storage_checks), storage_checks
+        assert "**completed**" in report
+    finally:
+        stack.down()
+
+
+def _tag_broken_release(integration: Path) -> str:
+    """Tag `BROKEN_VERSION` in the clone: the real 2.7.2 files with deployments on the stand-in
+    whose migration never ends (process alive, no HEALTHCHECK, :8080 never answering)."""
+    repo = git.Repo(integration)
+    work = integration.parent / "broken-release"
+    repo.git.worktree("add", "--quiet", "--detach", str(work), "2.7.2")
+    try:
+        compose = work / "docker-compose.yml"
+        compose.write_text(compose.read_text().replace("mendersoftware/deployments:mender-2.7.2",
+                                                       f"mendersoftware/deployments:mender-{BROKEN_VERSION}"))
+        git.Repo(work).git.commit("--quiet", "-am", f"Bump versions for Mender {BROKEN_VERSION}")
+        repo.create_tag(BROKEN_VERSION, git.Repo(work).head.commit, message=f"Mender {BROKEN_VERSION}")
+    finally:
+        repo.git.worktree("remove", "--force", str(work))
+    return BROKEN_VERSION
+
+
+@needs_upstream
+def test_real_files_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("2.6.4")
+    try:
+        old_images = {s: st.image for s, st in project_states(sb.client).items()}
+        target = _tag_broken_release(sb.integration)
+        before = take_before(sb)
+        settings = flow_settings(sb, target, health_timeout_s=30)
+        state, run_id, _ = run_flow(settings, answer=lambda d: (True, "ok"))
+        assert state.is_failed()
+        report = report_of(run_id)
+        assert "mender-deployments" in report and "connection refused" in report, report
+        assert_invariants(sb, before, run_backups(sb, settings), report,
+                          ["**rolled back**", "back on 2.6.4", "not healthy"], run=settings, old_images=old_images)
+    finally:
+        stack.down()
+
+
+@needs_upstream
+def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("3.6.5")
+    try:
+        assert project_states(sb.client)["mender-mongo"].image == "mongo:4.4"
+        state, run_id, _ = run_flow(flow_settings(sb, "3.7.11", health_timeout_s=150), answer=lambda d: (True, "ok"))
+        assert state.is_completed(), f"{state.message}\n{report_of(run_id)}"
+        states = project_states(sb.client)
+        assert {s: st.image for s, st in states.items()} == compose_images(run_compose(sb.integration, ["config"]))
+        assert states["mender-mongo"].image == "mongo:5.0" and all(st.ok for st in states.values())
+        with sb.mongo() as mongo:
+            assert server_info(mongo).feature_compatibility_version == "5.0"
+        assert git.Repo(sb.integration).git.describe("--tags", "--abbrev=0") == "3.7.11"
+    finally:
+        stack.down()
