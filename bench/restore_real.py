@@ -33,7 +33,7 @@ def _artifact_sums(sandbox) -> dict[str, str]:
     """path -> sha256 of every file of the storage volume (read inside the storage container)."""
     minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
     out = minio.exec_run(["sh", "-c", "cd /export && find . -type f -exec sha256sum {} +"]).output.decode()
-    return {path: sha for sha, path in (line.split(None, 1) for line in out.splitlines() if line.strip())}
+    return {path.removeprefix("./"): sha for sha, path in (line.split(None, 1) for line in out.splitlines() if line.strip())}
 
 
 def _cli(args: list[str], env: dict[str, str], limit_mib: int | None = None) -> tuple[subprocess.CompletedProcess, dict]:
