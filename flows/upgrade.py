@@ -254,8 +254,8 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             if old_mongo != new_mongo:
                 steps.mongo_hop_check_task(settings, old_mongo, new_mongo)
             cycled = True
-            with timed(report, f"cycle {hop}"):
-                cycle = steps.cycle_task(settings)
+            with timed(report, f"cycle {hop}"):  # before the last hop the gateway stays closed: one quiet period
+                cycle = steps.cycle_task(settings, closed=hop != plan.hops[-1])
             quiet.cycled(cycle)
             report.downtime_s += cycle.downtime_s
             report.kept[hop] = cycle.kept
@@ -268,8 +268,9 @@ def _change(settings: UpgradeSettings, report: RunReport, plan, mongo_url: str, 
             undo.run(_why(exc))
             raise
         log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
-        with timed(report, "rollback"), _stop_requests_held(log):
+        with timed(report, "rollback"), quiet.part("rollback"), _stop_requests_held(log):
             steps.rollback_task(settings, manifest, undo.first_tag)
+        quiet.ended()  # the old version is healthy again
         report.outcome = "rolled back"
         report.reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
         emit_rolled_back(report.run_id, report.reason)
@@ -310,7 +311,11 @@ class _QuietClock:
     def cycled(self, cycle) -> None:
         self.parts["cycle"] = self.parts.get("cycle", 0.0) + cycle.downtime_s - cycle.gate_s
         self.parts["gate"] = self.parts.get("gate", 0.0) + cycle.gate_s
-        total = cycle.healthy_at - self._start
+        self.ended(cycle.healthy_at)
+
+    def ended(self, healthy_at: float | None = None) -> None:
+        """The server serves again at `healthy_at` (default now: a rollback has just waited for it)."""
+        total = (time.monotonic() if healthy_at is None else healthy_at) - self._start
         self.report.unavailability_s = round(total, 1)
         self.report.unavailability = {k: round(v, 1) for k, v in self.parts.items()}
         self.report.unavailability["other"] = round(max(0.0, total - sum(self.parts.values())), 1)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import git
 import pytest
 
 from flows.runner import history
 from sandbox import stack
-from sandbox.integration_fixture import OPERATOR_MINIO_SECRET_KEY
+from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_SECRET_KEY
 from sandbox.releases import Release
 from tasks.backup import NON_WRITERS
 from tasks.containers import project_states
+from tasks.service_health import call
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.sandbox.conftest import started_at
 
@@ -25,9 +29,43 @@ def _assert_no_secrets(sandbox, run_id: str) -> None:
         assert secret not in text
 
 
+class _LoginProber:
+    """Asks the gateway for the management login as users reach it (127.0.0.1:443), every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.answered: list[bool] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            login = call("127.0.0.1", 443, "/api/management/v1/useradm/auth/login", method="POST", tls=True,
+                         host=OPERATOR_GATEWAY_HOST, timeout=1)
+            self.answered.append(login.status == 401)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> "_LoginProber":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.5)
+        self._stop.set()
+        self._thread.join()
+
+    def outages(self) -> int:
+        """How many times the login stopped answering."""
+        return sum(1 for before, now in zip(self.answered, self.answered[1:]) if before and not now)
+
+
 def test_two_hop_upgrade_approved_through_the_api(prefect_api, sandbox):
     stack.mark_dirty(sandbox)
-    state, run_id, asked = run_flow(flow_settings(sandbox, "3.0.2"), answer=lambda d: (True, "go ahead"))
+    with _LoginProber() as prober:
+        state, run_id, asked = run_flow(flow_settings(sandbox, "3.0.2"), answer=lambda d: (True, "go ahead"))
+    # One quiet period spans both hops: nothing from outside reached the server between them (a
+    # rollback of the second hop restores the backup taken before the first).
+    assert prober.answered[0] and prober.answered[-1]
+    assert prober.outages() == 1, prober.answered
     assert state.is_completed(), state.message
     result = state.result()
     assert result["outcome"] == "completed" and result["hops"] == ["2.7.2", "3.0.2"]
