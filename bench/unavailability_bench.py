@@ -125,13 +125,15 @@ def tool(sb, store, change_mib: float) -> dict[str, float]:
         start = time.monotonic()
         writers = writer_services(sb.client, sb.integration)
         run_compose(sb.integration, ["stop", *writers])
+        stopped = time.monotonic() - start
         quiet = finish_backup(sb.client, sb.integration, store, pre, keep_last=1, log=lambda m: None)
         cycle = cycle_containers(sb.client, sb.integration, stability_window=0, smoke=False)
         measured = cycle.healthy_at - start
     # Peak RSS of this process, which ran the pre-copy and the quiet period (and the prober).
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"probed": prober.unavailable_s(), "measured": measured, "dump": quiet.seconds["dump"],
-            "delta": quiet.seconds["delta"], "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
+            "delta": quiet.seconds["delta"], "stop writers": stopped, "cycle": cycle.downtime_s - cycle.gate_s,
+            "gate": cycle.gate_s, "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
             "peak RSS MiB": peak_mib}
 
 
