@@ -1,8 +1,12 @@
 """Unavailability of the tool's quiet period versus the documented procedure, seen from outside.
 
     PYTHONPATH=. .venv/bin/python bench/unavailability_bench.py [--mib 1024] [--change 0.01] [--rounds 3]
+        [--first-round N] [--record FILE]
+    PYTHONPATH=. .venv/bin/python bench/unavailability_bench.py --summary FILE
 
-Needs `mender-upgrade sandbox up`. The artifact volume is filled to `--mib` MiB; each round
+Needs `mender-upgrade sandbox up`. `--first-round` and `--record` split the rounds over several
+sandbox sessions (round N keeps its place in the alternation; figures are appended to FILE as
+JSON lines); `--summary FILE` prints the medians of what FILE holds, per size. The artifact volume is filled to `--mib` MiB; each round
 changes `--change` of it (a new file) while the server serves, then redeploys the same release:
 
 - tool: hot pre-copy of the volumes (server serving), the change, then the quiet period: stop
@@ -12,16 +16,17 @@ changes `--change` of it (a new file) while the server serves, then redeploys th
   `docker run --rm --log-driver none -v VOL:/from IMAGE tar c` of every volume to local files,
   `./run stop`, `./run rm -f`, `./run up -d`, wait until every service is healthy.
 
-One prober thread, every 0.5 s, calls the gateway and the deployments and useradm health
-endpoints (internal :8080 paths; on the fixture sandbox the gateway stand-in answers on :8080
-and routes nothing, on a real stack it is asked for the management login on 443, expecting
-401). Unavailability = first failing probe until the first probe after which all pass again.
+One prober thread, every 0.5 s, asks the gateway as users reach it (127.0.0.1:443 under the
+operator's server name) for the management login, expecting 401 (useradm answers through it),
+and calls the deployments and useradm internal health endpoints (:8080). Unavailability = first failing probe until the first probe after which all pass again.
 Rounds alternate the order; medians are printed. A figure printer, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +37,7 @@ import uuid
 from pathlib import Path
 
 from sandbox import stack
+from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST
 from tasks.backup import writer_services
 from tasks.containers import compose_services, cycle_containers, project_states, run_compose, wait_until_healthy
 from tasks.precopy import finish_backup, pre_copy
@@ -57,11 +63,9 @@ class Prober:
         return next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
 
     def _ok(self) -> bool:
-        gateway = self._address("mender-api-gateway")
-        if gateway is None:
-            return False
-        login = call(gateway, 443, "/api/management/v1/useradm/auth/login", method="POST", tls=True, timeout=1)
-        if login.status != 401 and call(gateway, 8080, "/", timeout=1).status is None:
+        login = call("127.0.0.1", 443, "/api/management/v1/useradm/auth/login", method="POST", tls=True,
+                     host=OPERATOR_GATEWAY_HOST, timeout=1)
+        if login.status != 401:
             return False
         for service in PROBED:
             address = self._address(service)
@@ -97,14 +101,21 @@ def _minio(sb):
     return sb.client.containers.get(project_states(sb.client)["minio"].container_id)
 
 
+def _in_minio(sb, script: str) -> None:
+    code, out = _minio(sb).exec_run(["sh", "-c", f"set -e; {script}"])
+    if code != 0:
+        raise RuntimeError(f"{script!r} in the minio container failed (exit {code}): {out.decode(errors='replace')[-300:]}")
+
+
 def fill_artifacts(sb, mib: int) -> None:
-    _minio(sb).exec_run(["sh", "-c", f"rm -f {ARTIFACTS}/bench-*; head -c {mib * 2**20} /dev/urandom > {ARTIFACTS}/bench-base.bin"])
+    _in_minio(sb, f"mkdir -p {ARTIFACTS}; rm -f {ARTIFACTS}/bench-*; "
+                  f"head -c {mib * 2**20} /dev/urandom > {ARTIFACTS}/bench-base.bin")
 
 
 def change_artifacts(sb, mib: float) -> None:
     """A new upload of `mib` MiB, and the previous round's removed."""
-    _minio(sb).exec_run(["sh", "-c", f"rm -f {ARTIFACTS}/bench-upload-*; head -c {int(mib * 2**20)} /dev/urandom "
-                                     f"> {ARTIFACTS}/bench-upload-{uuid.uuid4().hex[:6]}.bin"])
+    _in_minio(sb, f"rm -f {ARTIFACTS}/bench-upload-*; head -c {int(mib * 2**20)} /dev/urandom "
+                  f"> {ARTIFACTS}/bench-upload-{uuid.uuid4().hex[:6]}.bin")
 
 
 def tool(sb, store, change_mib: float) -> dict[str, float]:
@@ -114,11 +125,16 @@ def tool(sb, store, change_mib: float) -> dict[str, float]:
         start = time.monotonic()
         writers = writer_services(sb.client, sb.integration)
         run_compose(sb.integration, ["stop", *writers])
+        stopped = time.monotonic() - start
         quiet = finish_backup(sb.client, sb.integration, store, pre, keep_last=1, log=lambda m: None)
         cycle = cycle_containers(sb.client, sb.integration, stability_window=0, smoke=False)
         measured = cycle.healthy_at - start
+    # Peak RSS of this process, which ran the pre-copy and the quiet period (and the prober).
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"probed": prober.unavailable_s(), "measured": measured, "dump": quiet.seconds["dump"],
-            "delta": quiet.seconds["delta"], "pre-copy": pre.seconds}
+            "delta": quiet.seconds["delta"], "stop writers": stopped, "cycle": cycle.downtime_s - cycle.gate_s,
+            "gate": cycle.gate_s, "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
+            "peak RSS MiB": peak_mib}
 
 
 def documented(sb, change_mib: float, folder: Path) -> dict[str, float]:
@@ -146,12 +162,41 @@ def documented(sb, change_mib: float, folder: Path) -> dict[str, float]:
     return {"probed": prober.unavailable_s(), "measured": healthy - start, "dump": dump}
 
 
+def summary(record: Path) -> None:
+    rows = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    for mib in sorted({r["mib"] for r in rows}):
+        at = [r for r in rows if r["mib"] == mib]
+
+        def median(name: str, key: str) -> float:
+            return statistics.median(r["figures"][key] for r in at if r["name"] == name)
+
+        rounds = len({r["round"] for r in at})
+        t, d = median("tool", "probed"), median("documented", "probed")
+        dump = median("tool", "dump")
+        print(f"\n{mib} MiB artifact volume, {at[0]['change']:.0%} changed, medians of {rounds} alternating rounds:")
+        for r in sorted(at, key=lambda r: (r["round"], r["name"])):
+            print(f"  round {r['round']} {r['name']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["figures"].items()))
+        print(f"documented procedure: unavailable {d:.1f} s (dump {median('documented', 'dump'):.1f} s)")
+        print(f"tool: unavailable {t:.1f} s (dump {dump:.1f} s, delta {median('tool', 'delta'):.1f} s, "
+              f"quiet period {median('tool', 'measured'):.1f} s; hot pre-copy beforehand "
+              f"{median('tool', 'pre-copy'):.1f} s at {median('tool', 'pre-copy MiB/s'):.1f} MiB/s; "
+              f"peak RSS {max(r['figures']['peak RSS MiB'] for r in at if r['name'] == 'tool'):.0f} MiB)")
+        print(f"unavailability {t / d:.2f}x the documented procedure (target <= 0.25x); quiet period "
+              f"{median('tool', 'measured'):.1f} s vs mongodump + 10 s = {dump + 10:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=1024, help="artifact volume size")
     parser.add_argument("--change", type=float, default=0.01, help="share of it changed between pre-copy and quiet period")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--first-round", type=int, default=1, help="number of the first round (its place in the alternation)")
+    parser.add_argument("--record", type=Path, help="append each round's figures to this file (JSON lines)")
+    parser.add_argument("--summary", type=Path, help="only print the medians of a --record file")
     args = parser.parse_args()
+    if args.summary:
+        summary(args.summary)
+        return
     sb = stack.attach()
     stack.mark_dirty(sb)
     settings = BackupSettings(target=f"s3://{sb.s3.bucket}/bench-{uuid.uuid4().hex[:6]}", endpoint_url=sb.s3.url,
@@ -159,27 +204,19 @@ def main() -> None:
     store = settings.open_store("bench")
     fill_artifacts(sb, args.mib)
     folder = Path(tempfile.mkdtemp(prefix="unavailability-bench-"))
-    results: dict[str, list[dict[str, float]]] = {"tool": [], "documented": []}
     try:
-        for r in range(args.rounds):
-            for name in (["documented", "tool"] if r % 2 == 0 else ["tool", "documented"]):
+        for r in range(args.first_round, args.first_round + args.rounds):
+            for name in (["documented", "tool"] if r % 2 == 1 else ["tool", "documented"]):
                 figures = (tool(sb, store, args.mib * args.change) if name == "tool"
                            else documented(sb, args.mib * args.change, folder))
-                results[name].append(figures)
-                print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in figures.items()), flush=True)
+                print(f"round {r} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
+                if args.record:
+                    with open(args.record, "a") as out:
+                        out.write(json.dumps({"mib": args.mib, "change": args.change, "round": r, "name": name,
+                                              "figures": figures}) + "\n")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _minio(sb).exec_run(["sh", "-c", f"rm -f {ARTIFACTS}/bench-*"])
-
-    def median(name: str, key: str) -> float:
-        return statistics.median(f[key] for f in results[name])
-    t, d = median("tool", "probed"), median("documented", "probed")
-    print(f"\n{args.mib} MiB artifact volume, {args.change:.0%} changed, medians of {args.rounds} alternating rounds:")
-    print(f"documented procedure: unavailable {d:.1f} s (dump {median('documented', 'dump'):.1f} s)")
-    print(f"tool: unavailable {t:.1f} s (dump {median('tool', 'dump'):.1f} s, delta {median('tool', 'delta'):.1f} s; "
-          f"hot pre-copy beforehand {median('tool', 'pre-copy'):.1f} s)")
-    print(f"unavailability {t / d:.2f}x the documented procedure (target <= 0.25x); quiet period "
-          f"{median('tool', 'measured'):.1f} s vs mongodump + 10 s = {median('tool', 'dump') + 10:.1f} s")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,11 @@ class RunReport:
             lines.append(f"- deviceauth cleanup: {self.cleanup}")
         if self.unavailability_s is not None:
             parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.unavailability.items())
-            lines.append(f"- unavailability: {self.unavailability_s:.1f} s ({parts})")
+            # A rolled-back run's line says so in words, which also keeps it out of the window
+            # guard's history (UNAVAILABILITY_LINE): a failed attempt and its rollback say nothing
+            # about how long the next upgrade's quiet period will be.
+            until = " until the old version served again" if self.outcome == Outcome.ROLLED_BACK else ""
+            lines.append(f"- unavailability: {self.unavailability_s:.1f} s{until} ({parts})")
         if self.estimated_quiet_s is not None:
             lines.append(f"- quiet period estimated beforehand: {self.estimated_quiet_s:.1f} s")
         if self.downtime_s is not None:

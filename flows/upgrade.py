@@ -202,13 +202,13 @@ def _change(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, mon
         if settings.cleanup_apply and leftover_count:
             _cleanup(settings, report, mongo_url, undo, quiet)
         for hop in plan.hops:
-            _hop(settings, report, undo, quiet, current, hop)
+            _hop(settings, report, undo, quiet, current, hop, last=hop == plan.hops[-1])
             current = hop
     except BaseException as exc:  # after the first stop, anything (a library error, a cancellation) rolls back
         handed_over = guard.hand_over(exc)  # a cancellation: the runner kills this process 30 s later
         if handed_over:
             raise RunEnded(Outcome.CANCELLED, handed_over, exc) from exc
-        raise _undo_or_roll_back(settings, report, plan, undo, exc) from exc
+        raise _undo_or_roll_back(settings, report, plan, undo, quiet, exc) from exc
     finally:
         guard.release()
     _share(settings, report)
@@ -259,7 +259,7 @@ def _cleanup(settings: UpgradeSettings, report: RunReport, mongo_url: str, undo:
 
 
 def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _QuietClock, current: str,
-         hop: str) -> None:
+         hop: str, last: bool) -> None:
     """One hop: merge its release tag and update the configuration (alias patch, template
     carry-over), check a MongoDB major change, cycle the containers through the health gate,
     then finish the MongoDB change (FCV)."""
@@ -276,7 +276,7 @@ def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _Quie
     undo.cycled = True
     undo.note()
     with timed(report, f"cycle {hop}"):
-        cycle = steps.cycle_task(settings)
+        cycle = steps.cycle_task(settings, closed=not last)  # before the last hop the gateway stays closed: one quiet period
     quiet.cycled(cycle)
     report.downtime_s = (report.downtime_s or 0.0) + cycle.downtime_s
     report.kept[hop] = cycle.kept
@@ -286,7 +286,7 @@ def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _Quie
 
 
 def _undo_or_roll_back(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, undo: _Undo,
-                       exc: BaseException) -> RunEnded:
+                       quiet: _QuietClock, exc: BaseException) -> RunEnded:
     """How a failure in the quiet period ends the run: before the first cycle, undone (the old
     version keeps its data); after it, rolled back with this run's backup."""
     if not undo.cycled:
@@ -294,8 +294,9 @@ def _undo_or_roll_back(settings: UpgradeSettings, report: RunReport, plan: Upgra
     log = get_run_logger()
     manifest = cast(Manifest, undo.backup)  # recorded before the first cycle
     log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
-    with timed(report, "rollback"), _stop_requests_held(log):
+    with timed(report, "rollback"), quiet.part("rollback"), _stop_requests_held(log):
         steps.rollback_task(settings, manifest, cast(str, undo.first_tag))  # the first hop's merge tagged it
+    quiet.ended()  # the old version is healthy again
     reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
     emit_rolled_back(report.run_id, reason)
     if isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
@@ -371,7 +372,11 @@ class _QuietClock:
     def cycled(self, cycle) -> None:
         self.parts["cycle"] = self.parts.get("cycle", 0.0) + cycle.downtime_s - cycle.gate_s
         self.parts["gate"] = self.parts.get("gate", 0.0) + cycle.gate_s
-        total = cycle.healthy_at - self._start
+        self.ended(cycle.healthy_at)
+
+    def ended(self, healthy_at: float | None = None) -> None:
+        """The server serves again at `healthy_at` (default now: a rollback has just waited for it)."""
+        total = (time.monotonic() if healthy_at is None else healthy_at) - self._start
         self.report.unavailability_s = round(total, 1)
         self.report.unavailability = {k: round(v, 1) for k, v in self.parts.items()}
         self.report.unavailability["other"] = round(max(0.0, total - sum(self.parts.values())), 1)

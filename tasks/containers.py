@@ -285,7 +285,7 @@ class CycleReport:
 
 def cycle_containers(client: docker.DockerClient, integration: Path, *, project: str = PROJECT,
                      health_timeout: float = 300, stability_window: float = 20, smoke: bool = True,
-                     log=lambda message: None) -> CycleReport:
+                     closed: bool = False, log=lambda message: None) -> CycleReport:
     """Stop and remove every service that changes (all of Mender's together), create them from
     the new configuration, remove orphans, then the health gate.
 
@@ -293,21 +293,35 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
     running when neither their image nor their configuration changes: recreating them only
     adds downtime (deployments waits for minio's health check, 60 s apart in the real files).
     Downtime runs from the first stop until every service is healthy; services removed
-    upstream (storage-proxy in 2.7) go as orphans."""
+    upstream (storage-proxy in 2.7) go as orphans.
+
+    `closed` (a hop before the last): the gateway stays stopped, so that nothing from outside
+    reaches the new services before the next hop's cycle (a rollback of a later hop restores
+    the backup taken before the first, and would lose what was written in between); the gate
+    checks every other service, without the gateway smoke."""
     services = compose_services(integration)
     running = running_containers(client, project)
     plan = plan_cycle(services, config_hashes(integration), running,
                       local_image_ids(client, {r.image for r in running.values()}))
+    if closed and GATEWAY_SERVICE in services:
+        plan = CyclePlan(recreate=[s for s in plan.recreate if s != GATEWAY_SERVICE],
+                         keep=[s for s in plan.keep if s != GATEWAY_SERVICE])
+        services = [s for s in services if s != GATEWAY_SERVICE]
+        smoke = False
+        log(f"{GATEWAY_SERVICE} stays stopped until the last hop's cycle: nothing from outside writes in between")
     if plan.keep:
         log(f"kept running (image and configuration unchanged): {', '.join(plan.keep)}")
     steps: dict[str, float] = {}
     start = time.monotonic()
     # `up --no-deps` first: a plain `up` would also recreate the kept gateway, because compose
     # recreates every service whose dependencies were (re)created. The second `up` then finds
-    # everything current and only removes the orphans.
-    for name, args in [("stop", ["stop", *plan.recreate]), ("rm", ["rm", "-f", *plan.recreate]),
+    # everything current and only removes the orphans (closed: only those of `services`, so the
+    # gateway is not started).
+    stop = [*plan.recreate, GATEWAY_SERVICE] if closed and GATEWAY_SERVICE in running else plan.recreate
+    orphans = ["up", "-d", "--no-deps", "--remove-orphans", *services] if closed else ["up", "-d", "--remove-orphans"]
+    for name, args in [("stop", ["stop", *stop]), ("rm", ["rm", "-f", *plan.recreate]),
                        ("up", ["up", "-d", "--no-deps", *plan.recreate]),
-                       ("orphans", ["up", "-d", "--remove-orphans"])]:
+                       ("orphans", orphans)]:
         log(f"./run {' '.join(args)}")
         t = time.monotonic()
         run_compose(integration, args)

@@ -178,12 +178,12 @@ def mongo_hop_check_task(settings: UpgradeSettings, old: str, new: str) -> None:
 
 @task(name="cycle-containers", **ONCE)
 @typed_outside_errors
-def cycle_task(settings: UpgradeSettings) -> containers.CycleReport:
+def cycle_task(settings: UpgradeSettings, closed: bool = False) -> containers.CycleReport:
     logger = get_run_logger()
     report = containers.cycle_containers(_docker(), settings.integration_dir, project=settings.compose_project,
                                          health_timeout=settings.health_timeout_s,
                                          stability_window=settings.stability_window_s,
-                                         smoke=settings.gateway_smoke, log=logger.info)
+                                         smoke=settings.gateway_smoke, closed=closed, log=logger.info)
     for check in report.gateway:
         logger.info(f"gateway: {check}")
     create_table_artifact(key=artifact_key("upgrade-health", settings.host()),

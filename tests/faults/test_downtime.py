@@ -4,6 +4,7 @@ version (rolled back with the run's verified backup) or on the new one, and noth
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,6 +121,12 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
     assert broken_image.attrs["Config"].get("Healthcheck") is None
     assert "mender-deployments: running; GET http://" in report
     assert "/api/internal/v1/deployments/health answered connection refused" in report
+    # The quiet period ran from the first writer stop until the old version served again.
+    unavailable = re.search(r"^- unavailability: ([0-9.]+) s until the old version served again \((.*)\)$", report, re.M)
+    assert unavailable, report
+    parts = dict((name, float(v)) for name, v in re.findall(r"(\w+) ([0-9.]+) s", unavailable[2]))
+    assert {"dump", "delta", "merge", "rollback", "other"} <= set(parts) and parts["rollback"] > 0
+    assert float(unavailable[1]) >= 25  # the health gate waited 25 s for the broken release
     assert "./run logs" in report
     assert markers(git.Repo(sandbox.integration), FAILED_PREFIX)
     assert_invariants(sandbox, before, run_backups(sandbox, settings), report, ["**rolled back**", "back on 2.6.4", "not healthy"])

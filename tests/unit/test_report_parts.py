@@ -18,3 +18,12 @@ def test_reports_without_unavailability_give_none():
     assert unavailability_parts(RunReport(host="h", run_id="r", downtime_s=3.0).to_markdown()) is None
     assert unavailability_parts("- unavailability: 3 s (nonsense)") is None
     assert unavailability_parts("") is None
+
+
+def test_rolled_back_runs_show_their_unavailability_but_keep_it_out_of_the_history():
+    report = RunReport(host="h", run_id="r", outcome="rolled back", unavailability_s=95.2,
+                       unavailability={"dump": 2.0, "delta": 0.5, "merge": 1.2, "rollback": 60.3, "other": 31.2})
+    markdown = report.to_markdown()
+    assert ("- unavailability: 95.2 s until the old version served again (dump 2.0 s, delta 0.5 s, merge 1.2 s, "
+            "rollback 60.3 s, other 31.2 s)") in markdown
+    assert unavailability_parts(markdown) is None  # the window guard estimates from completed runs only
