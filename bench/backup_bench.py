@@ -21,8 +21,8 @@ import time
 
 import docker
 
-from sandbox import stack
-from sandbox.home import REPO_ROOT
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.home import REPO_ROOT
 
 AWSCLI_VENV = REPO_ROOT / ".sandbox" / "venv-awscli"
 

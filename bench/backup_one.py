@@ -13,11 +13,11 @@ import time
 
 import docker
 
-from sandbox import stack
-from tasks.backup import dump_mongo_to_store, stream_volume_to_store
-from tasks.mongo import mongo_container
-from tasks.settings import BackupSettings
-from tasks.volumes import IterStream, volume_tar_stream
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.backup import dump_mongo_to_store, stream_volume_to_store
+from mender_upgrade.tasks.mongo import mongo_container
+from mender_upgrade.tasks.settings import BackupSettings
+from mender_upgrade.tasks.volumes import IterStream, volume_tar_stream
 
 
 def main(kind: str, volume: str, key: str) -> None:

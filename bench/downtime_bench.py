@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import time
 
-from sandbox import stack
-from tasks.containers import compose_services, cycle_containers, wait_until_healthy
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.containers import compose_services, cycle_containers, wait_until_healthy
 
 
 def bare(sb) -> float:

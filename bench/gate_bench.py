@@ -12,9 +12,9 @@ import argparse
 import statistics
 import time
 
-from sandbox import stack
-from tasks import service_health
-from tasks.containers import cycle_containers, project_states
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks import service_health
+from mender_upgrade.tasks.containers import cycle_containers, project_states
 
 
 def _ms(samples: list[float]) -> str:

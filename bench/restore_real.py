@@ -21,9 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-from sandbox import stack
-from sandbox.seed import BULK_DIR
-from tasks.containers import project_states
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.seed import BULK_DIR
+from mender_upgrade.tasks.containers import project_states
 
 MEMORY_CGROUP = Path("/sys/fs/cgroup/memory")
 CLI = Path(sys.executable).parent / "mender-upgrade"

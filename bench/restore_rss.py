@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import time
 
-from tasks.volumes import checked_tar_chunks, digest_tar
+from mender_upgrade.tasks.volumes import checked_tar_chunks, digest_tar
 
 VOLUME = "mender-artifacts"
 

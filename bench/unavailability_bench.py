@@ -36,13 +36,13 @@ import time
 import uuid
 from pathlib import Path
 
-from sandbox import stack
-from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST
-from tasks.backup import writer_services
-from tasks.containers import compose_services, cycle_containers, project_states, run_compose, wait_until_healthy
-from tasks.precopy import finish_backup, pre_copy
-from tasks.service_health import INTERNAL_HEALTH_PATHS, call
-from tasks.settings import BackupSettings
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST
+from mender_upgrade.tasks.backup import writer_services
+from mender_upgrade.tasks.containers import compose_services, cycle_containers, project_states, run_compose, wait_until_healthy
+from mender_upgrade.tasks.precopy import finish_backup, pre_copy
+from mender_upgrade.tasks.service_health import INTERNAL_HEALTH_PATHS, call
+from mender_upgrade.tasks.settings import BackupSettings
 
 PROBED = ("mender-deployments", "mender-useradm")
 ARTIFACTS = "/export/mender-artifact-storage"

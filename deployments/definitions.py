@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from prefect.schedules import Cron
 
-from deployments.notifications import apply_notifications
-from deployments.serving import serve_keeping_paused_runs
-from flows.drill import restore_drill_flow
-from flows.upgrade import upgrade_mender
-from tasks.host_policy import narrow, owned_fields, require_host_policy
-from tasks.settings import UpgradeSettings
+from mender_upgrade.deployments.notifications import apply_notifications
+from mender_upgrade.deployments.serving import serve_keeping_paused_runs
+from mender_upgrade.flows.drill import restore_drill_flow
+from mender_upgrade.flows.upgrade import upgrade_mender
+from mender_upgrade.tasks.host_policy import narrow, owned_fields, require_host_policy
+from mender_upgrade.tasks.settings import UpgradeSettings
 
 DRILL_CRON = "0 3 * * 0"
 

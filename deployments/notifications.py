@@ -17,7 +17,7 @@ from prefect.events.actions import CallWebhook
 from prefect.events.schemas.automations import EventTrigger, Posture
 from pydantic import SecretStr
 
-from tasks.run_record import FLOW_NAME
+from mender_upgrade.tasks.run_record import FLOW_NAME
 
 WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
 WEBHOOK_BLOCK_NAME = "mender-upgrade-notifications"

@@ -16,7 +16,7 @@ from prefect import pause_flow_run
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 
-from tasks.signatures import SignatureInvalid, approval_payload, verify
+from mender_upgrade.tasks.signatures import SignatureInvalid, approval_payload, verify
 
 
 class UpgradeApproval(RunInput):

@@ -7,13 +7,13 @@ import docker
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.host_guard import allowed_settings
-from tasks.backup import newest_verified_backup
-from tasks.errors import UpgradeError
-from tasks.mongo import mongo_container
-from tasks.restore import restore_drill
-from tasks.run_record import artifact_key
-from tasks.settings import UpgradeSettings
+from mender_upgrade.flows.host_guard import allowed_settings
+from mender_upgrade.tasks.backup import newest_verified_backup
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.mongo import mongo_container
+from mender_upgrade.tasks.restore import restore_drill
+from mender_upgrade.tasks.run_record import artifact_key
+from mender_upgrade.tasks.settings import UpgradeSettings
 
 
 @flow(name="restore-drill", persist_result=False)

@@ -29,10 +29,10 @@ import sys
 from datetime import datetime, timezone
 from uuid import UUID
 
-from flows.approvals import Decision
-from flows.report import RunReport, describe, report_key
-from tasks.run_record import Outcome
-from tasks.settings import UpgradeSettings, load_settings
+from mender_upgrade.flows.approvals import Decision
+from mender_upgrade.flows.report import RunReport, describe, report_key
+from mender_upgrade.tasks.run_record import Outcome
+from mender_upgrade.tasks.settings import UpgradeSettings, load_settings
 
 CANCELLED = "the run was cancelled (or its process told to stop)"
 KILLED = "the run's process ended during the quiet period without finishing it (killed)"
@@ -50,7 +50,7 @@ class QuietGuard:
 
     def __init__(self, settings: UpgradeSettings, report: RunReport, current: str) -> None:
         self.report = report
-        self.proc = subprocess.Popen([sys.executable, "-m", "flows.guardian"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "mender_upgrade.flows.guardian"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.state: dict = {"current": current}
         self._send({"settings": _secret_settings(settings), "state": self.state, "report": report.to_dict()})
@@ -72,7 +72,7 @@ class QuietGuard:
             self.proc.stdin.close()
 
     def note(self, undo) -> None:
-        """What the run changed so far (`undo`: flows.upgrade._Undo)."""
+        """What the run changed so far (`undo`: mender_upgrade.flows.upgrade._Undo)."""
         self.state.update(writers=undo.writers, cleanup=undo.cleanup, first_tag=undo.first_tag, cycled=undo.cycled,
                           manifest_key=undo.backup.key if undo.backup else None)
         self._send({"state": self.state, "report": self.report.to_dict()})
@@ -109,9 +109,9 @@ def _report(data: dict) -> RunReport:
 def recover(settings: UpgradeSettings, state: dict, report: RunReport, why: str) -> None:
     """Put the server back as the run would have: the rollback once a cycle began, else the undo.
     Fills the report's outcome and reason."""
-    from flows.upgrade import _Undo  # the run's own undo, not a second copy of it
-    from tasks import steps
-    from tasks.backup import read_manifest
+    from mender_upgrade.flows.upgrade import _Undo  # the run's own undo, not a second copy of it
+    from mender_upgrade.tasks import steps
+    from mender_upgrade.tasks.backup import read_manifest
 
     if state.get("cycled") and state.get("manifest_key") and state.get("first_tag"):
         manifest = read_manifest(settings.backup_store(), state["manifest_key"])

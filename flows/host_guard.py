@@ -7,8 +7,8 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.runtime import deployment, flow_run
 
-from tasks.host_policy import SecretInParameters, settings_for_run
-from tasks.settings import UpgradeSettings
+from mender_upgrade.tasks.host_policy import SecretInParameters, settings_for_run
+from mender_upgrade.tasks.settings import UpgradeSettings
 
 MASK = "**********"
 

@@ -26,8 +26,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Crashed
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from tasks.errors import UpgradeError
-from tasks.run_record import FLOW_NAME
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.run_record import FLOW_NAME
 
 LEASE_SECONDS = 60
 REPOSSESSOR_LOOP_SECONDS = 15  # the server's default `server.services.repossessor.loop_seconds`

@@ -11,8 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.approvals import Decision
-from tasks.run_record import Outcome, description, report_key
+from mender_upgrade.flows.approvals import Decision
+from mender_upgrade.tasks.run_record import Outcome, description, report_key
 
 
 @dataclass
@@ -126,7 +126,7 @@ def name_at_start() -> str:
     """The flow's run name before planning knows the current version."""
     from prefect.runtime import flow_run
     settings = flow_run.parameters.get("settings")
-    from tasks.settings import UpgradeSettings
+    from mender_upgrade.tasks.settings import UpgradeSettings
     if not isinstance(settings, UpgradeSettings):  # a deployment's parameters may arrive as JSON
         settings = UpgradeSettings.model_validate(settings or {})
     return run_name(settings.host(), "?", settings.target_version or "newest")

@@ -29,9 +29,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import read_flow_run_input
 
-from tasks.errors import UpgradeError
-from tasks.run_record import FLOW_NAME, REPORT_KEY, ReportSummary, parse_description
-from tasks.signatures import approval_payload, sign
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.run_record import FLOW_NAME, REPORT_KEY, ReportSummary, parse_description
+from mender_upgrade.tasks.signatures import approval_payload, sign
 
 
 AUTH_STRING_FILE = "api-auth-string"

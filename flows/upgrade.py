@@ -29,25 +29,25 @@ from prefect.runtime import flow_run
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled
 
-from deployments.notifications import emit_rolled_back
-from flows.approvals import Binding, ask_approval
-from flows.guardian import QuietGuard
-from flows.host_guard import allowed_settings
-from flows.lock import host_lock
-from flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
-from tasks import steps
-from tasks.backup import Manifest
-from tasks.cleanup import Leftovers
-from tasks.errors import UpgradeError
-from tasks.host_policy import HostFileUnsafe, ParametersWiden
-from tasks.precopy import PreCopy
-from tasks.repository import HopReview
-from tasks.run_record import Outcome
-from tasks.settings import UpgradeSettings
-from tasks.signatures import plan_digest
-from tasks.staging import StagingNotDone, require_completed_on_staging
-from tasks.versions import PlanRefused, UpgradePlan, Version, mongo_major
-from tasks.window import WindowClosed, estimate_quiet_period_s, require_time_for_downtime, seconds_left
+from mender_upgrade.deployments.notifications import emit_rolled_back
+from mender_upgrade.flows.approvals import Binding, ask_approval
+from mender_upgrade.flows.guardian import QuietGuard
+from mender_upgrade.flows.host_guard import allowed_settings
+from mender_upgrade.flows.lock import host_lock
+from mender_upgrade.flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
+from mender_upgrade.tasks import steps
+from mender_upgrade.tasks.backup import Manifest
+from mender_upgrade.tasks.cleanup import Leftovers
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.host_policy import HostFileUnsafe, ParametersWiden
+from mender_upgrade.tasks.precopy import PreCopy
+from mender_upgrade.tasks.repository import HopReview
+from mender_upgrade.tasks.run_record import Outcome
+from mender_upgrade.tasks.settings import UpgradeSettings
+from mender_upgrade.tasks.signatures import plan_digest
+from mender_upgrade.tasks.staging import StagingNotDone, require_completed_on_staging
+from mender_upgrade.tasks.versions import PlanRefused, UpgradePlan, Version, mongo_major
+from mender_upgrade.tasks.window import WindowClosed, estimate_quiet_period_s, require_time_for_downtime, seconds_left
 
 
 class UpgradeFailed(UpgradeError):

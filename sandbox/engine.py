@@ -15,8 +15,8 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
-from sandbox.home import SandboxHome
-from sandbox.processes import SandboxError, start_detached, wait_until
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.processes import SandboxError, start_detached, wait_until
 
 REGISTRY_PORT = 5000
 MIRROR = f"http://127.0.0.1:{REGISTRY_PORT}"

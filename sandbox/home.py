@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.processes import SandboxError
+from mender_upgrade.sandbox.processes import SandboxError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STANDINS = REPO_ROOT / "tests" / "standins"

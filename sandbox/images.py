@@ -21,12 +21,12 @@ from pathlib import Path
 import docker
 from docker.errors import ImageNotFound
 
-from sandbox.engine import REGISTRY_PORT
-from sandbox.home import STANDINS
-from sandbox.processes import SandboxError
-from sandbox.releases import BROKEN_VERSION, MENDER_SERVICES, RUNNABLE_VERSIONS, Release
-from sandbox.standin_catalogue import INFRA, infra_recipe, mender_service
-from tasks.service_health import INTERNAL_HEALTH_PATHS
+from mender_upgrade.sandbox.engine import REGISTRY_PORT
+from mender_upgrade.sandbox.home import STANDINS
+from mender_upgrade.sandbox.processes import SandboxError
+from mender_upgrade.sandbox.releases import BROKEN_VERSION, MENDER_SERVICES, RUNNABLE_VERSIONS, Release
+from mender_upgrade.sandbox.standin_catalogue import INFRA, infra_recipe, mender_service
+from mender_upgrade.tasks.service_health import INTERNAL_HEALTH_PATHS
 
 INPUTS_LABEL = "org.mender-upgrade.standin-inputs"
 BUSYBOX_BASE = "mender-upgrade-standin/busybox"
@@ -175,7 +175,7 @@ def _mongo_dockerfile(version: str) -> str:
         "VOLUME /data/db",
         "EXPOSE 27017",
         # No HEALTHCHECK: the real mongo images have none, so the tool sees "running" only and
-        # must wait for the port itself (tasks.mongo.wait_for_mongo), as on a real server.
+        # must wait for the port itself (mender_upgrade.tasks.mongo.wait_for_mongo), as on a real server.
         'ENTRYPOINT ["python3", "/opt/standin/mongo_standin_server.py"]',
     ])
 

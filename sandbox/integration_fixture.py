@@ -23,9 +23,9 @@ from pathlib import Path
 
 import git
 
-from sandbox.release_layout import Tree, _minor, _vkey
-from sandbox.release_tree import _LICENSE, _README, release_tree
-from sandbox.releases import BROKEN_VERSION, FIXTURE_TAGS, IGNORED_TAGS
+from mender_upgrade.sandbox.release_layout import Tree, _minor, _vkey
+from mender_upgrade.sandbox.release_tree import _LICENSE, _README, release_tree
+from mender_upgrade.sandbox.releases import BROKEN_VERSION, FIXTURE_TAGS, IGNORED_TAGS
 
 # --- what the operator's production setup contains -------------------------------------------
 

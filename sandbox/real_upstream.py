@@ -18,9 +18,9 @@ from pathlib import Path
 
 import git
 
-from sandbox.integration_fixture import (OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_ACCESS_KEY,
+from mender_upgrade.sandbox.integration_fixture import (OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_ACCESS_KEY,
                                          OPERATOR_MINIO_SECRET_KEY, OPERATOR_STORAGE_HOST, PRODUCTION_BRANCH)
-from sandbox.processes import SandboxError
+from mender_upgrade.sandbox.processes import SandboxError
 
 UPSTREAM_ENV = "MENDER_INTEGRATION_UPSTREAM"
 _OPERATOR_IDENTITY = ("Example Ops", "ops@example.com")

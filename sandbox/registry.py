@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import urllib.request
 
-from sandbox.engine import REGISTRY_PORT
-from sandbox.home import SandboxHome
-from sandbox.processes import pid_alive, port_open, start_detached, stop_pid, wait_until
+from mender_upgrade.sandbox.engine import REGISTRY_PORT
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.processes import pid_alive, port_open, start_detached, stop_pid, wait_until
 
 CONFIG = """version: 0.1
 log:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sandbox.release_layout import _BACKEND, _ENTERPRISE_IMAGES, _HEALTH_CHECKED, _NATS_URL, Tree, _vkey, _yaml
-from sandbox.releases import MINIO_IMAGE, Release
-from tasks.service_health import INTERNAL_HEALTH_PATHS
+from mender_upgrade.sandbox.release_layout import _BACKEND, _ENTERPRISE_IMAGES, _HEALTH_CHECKED, _NATS_URL, Tree, _vkey, _yaml
+from mender_upgrade.sandbox.releases import MINIO_IMAGE, Release
+from mender_upgrade.tasks.service_health import INTERNAL_HEALTH_PATHS
 
 
 def pinned_images(version: str, pin: str) -> dict[str, str]:

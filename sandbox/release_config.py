@@ -3,9 +3,9 @@ configuration files (nginx TLS, Traefik)."""
 
 from __future__ import annotations
 
-from sandbox.release_compose import _TRAEFIK_27_COMMAND, _extra_compose_file
-from sandbox.release_layout import _BACKEND, _HEALTH_CHECKED, Tree, _fill, _vkey, _yaml
-from sandbox.releases import Release
+from mender_upgrade.sandbox.release_compose import _TRAEFIK_27_COMMAND, _extra_compose_file
+from mender_upgrade.sandbox.release_layout import _BACKEND, _HEALTH_CHECKED, Tree, _fill, _vkey, _yaml
+from mender_upgrade.sandbox.releases import Release
 
 _PROD_HEADER = """\
 # this is a template file for production setup, consult

@@ -3,9 +3,9 @@ the database dump script and the migration files."""
 
 from __future__ import annotations
 
-from sandbox.release_compose import _extra_compose_file
-from sandbox.release_layout import _BACKEND, Tree, _fill, _vkey, _yaml
-from sandbox.releases import Release
+from mender_upgrade.sandbox.release_compose import _extra_compose_file
+from mender_upgrade.sandbox.release_layout import _BACKEND, Tree, _fill, _vkey, _yaml
+from mender_upgrade.sandbox.releases import Release
 
 _RUN = """\
 #!/bin/bash

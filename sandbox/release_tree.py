@@ -3,12 +3,12 @@ configuration, and the noise files (CI, tests, README) the version bumps touch."
 
 from __future__ import annotations
 
-from sandbox.release_compose import (_compose_base, _compose_clients, _compose_enterprise, _compose_extra,
+from mender_upgrade.sandbox.release_compose import (_compose_base, _compose_clients, _compose_enterprise, _compose_extra,
                                      _compose_storage, _extra_compose_file, _other_components)
-from sandbox.release_config import (_STORAGE_PROXY_NGINX, _TLS_TOML, _enterprise_template, _prod_template,
+from mender_upgrade.sandbox.release_config import (_STORAGE_PROXY_NGINX, _TLS_TOML, _enterprise_template, _prod_template,
                                     _traefik_files)
-from sandbox.release_layout import Tree, _vkey, _yaml
-from sandbox.release_scripts import _migration_files, _run_script, _verify_script
+from mender_upgrade.sandbox.release_layout import Tree, _vkey, _yaml
+from mender_upgrade.sandbox.release_scripts import _migration_files, _run_script, _verify_script
 
 
 def _gitlab_ci(pin: str) -> str:

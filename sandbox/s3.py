@@ -16,8 +16,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox.home import SandboxHome
-from sandbox.processes import SandboxError, pid_alive, port_open, start_detached, stop_pid, wait_until
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.processes import SandboxError, pid_alive, port_open, start_detached, stop_pid, wait_until
 
 S3_PORT = 8333
 # Fixed ports, all on 127.0.0.1 (each also opens gRPC at port + 10000).

@@ -11,18 +11,18 @@ import docker
 from docker.errors import NotFound
 from pymongo import MongoClient
 
-from sandbox import images, standin_catalogue
-from sandbox.engine import ensure_engine
-from sandbox.home import SandboxHome
-from sandbox.integration_fixture import create_operator_clone, create_upstream
-from sandbox.processes import SandboxError
-from sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream, release_files
-from sandbox.registry import registry_answers, start_registry, stop_registry
-from sandbox.releases import RUNNABLE_VERSIONS, Release
-from sandbox.s3 import S3Endpoint, start_s3, stop_s3
-from sandbox.seed import MAX_FLEET, SeedSummary, seed_artifacts, seed_bulk_artifacts, seed_mongo
-from tasks.versions import Version
-from tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
+from mender_upgrade.sandbox import images, standin_catalogue
+from mender_upgrade.sandbox.engine import ensure_engine
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.integration_fixture import create_operator_clone, create_upstream
+from mender_upgrade.sandbox.processes import SandboxError
+from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream, release_files
+from mender_upgrade.sandbox.registry import registry_answers, start_registry, stop_registry
+from mender_upgrade.sandbox.releases import RUNNABLE_VERSIONS, Release
+from mender_upgrade.sandbox.s3 import S3Endpoint, start_s3, stop_s3
+from mender_upgrade.sandbox.seed import MAX_FLEET, SeedSummary, seed_artifacts, seed_bulk_artifacts, seed_mongo
+from mender_upgrade.tasks.versions import Version
+from mender_upgrade.tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
 
 SANDBOX_LABEL = "org.mender-upgrade.sandbox"
 EXTERNAL_VOLUMES = ["mender-artifacts", "mender-db"]
@@ -226,7 +226,7 @@ def down(home: SandboxHome | None = None, log=print, keep_servers: bool = False)
 def _running_version(state: dict) -> str | None:
     """The release the clone is on now (it moves when an upgrade runs), else the one `up` started."""
     try:
-        from tasks.repository import current_version, open_integration
+        from mender_upgrade.tasks.repository import current_version, open_integration
         return current_version(open_integration(Path(state["integration"])))
     except Exception:  # no clone (sandbox down) or not readable: fall back to what `up` recorded
         return state.get("version")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from sandbox.home import STANDINS
-from sandbox.processes import SandboxError
+from mender_upgrade.sandbox.home import STANDINS
+from mender_upgrade.sandbox.processes import SandboxError
 
 INFRA = STANDINS / "infra"
 # mendersoftware/<repository> -> the compose service that runs it

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from sandbox.home import STANDINS, SandboxHome
-from sandbox.images import _python313
+from mender_upgrade.sandbox.home import STANDINS, SandboxHome
+from mender_upgrade.sandbox.images import _python313
 
 
 def ensure_standin_venv(home: SandboxHome | None = None) -> str:

@@ -18,7 +18,7 @@ case "$cmd" in
     demo) exec .venv/bin/mender-upgrade demo "$@" ;;
     test)
         # The mongo stand-in also runs on the host (Python 3.13 venv) for its own and the cleanup tests.
-        .venv/bin/python -m sandbox.standin_venv
+        .venv/bin/python -m mender_upgrade.sandbox.standin_venv
         # tests/browser drive Debian's Chromium through Playwright (which may not download its own).
         if [ ! -x /usr/bin/chromium ]; then
             export DEBIAN_FRONTEND=noninteractive

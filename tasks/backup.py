@@ -34,12 +34,12 @@ from typing import Callable, Iterator
 import docker
 import git
 
-from tasks import mongo as mongo_mod
-from tasks.containers import PROJECT, project_states, run_compose, running_services
-from tasks.errors import UpgradeError, also_failed
-from tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
-from tasks.versions import stable_versions
-from tasks.volumes import (VOLUME_NAME, IterStream, InstallationVolumes, external_volumes, installation_volumes,
+from mender_upgrade.tasks import mongo as mongo_mod
+from mender_upgrade.tasks.containers import PROJECT, project_states, run_compose, running_services
+from mender_upgrade.tasks.errors import UpgradeError, also_failed
+from mender_upgrade.tasks.store import BackupStore, ChecksumMismatch, ObjectReceipt, Progress, sha256_of_chunks
+from mender_upgrade.tasks.versions import stable_versions
+from mender_upgrade.tasks.volumes import (VOLUME_NAME, IterStream, InstallationVolumes, external_volumes, installation_volumes,
                            remove_stale_helpers, volume_tar_stream)
 
 MANIFEST = "manifest.json"

@@ -36,10 +36,10 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import InsertOne, MongoClient
 from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure
 
-from tasks.errors import UpgradeError
-from tasks.mongo import MongoUnreachable, connect
-from tasks.store import BackupStore, ChecksumMismatch, sha256_of_chunks
-from tasks.volumes import IterStream
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.mongo import MongoUnreachable, connect
+from mender_upgrade.tasks.store import BackupStore, ChecksumMismatch, sha256_of_chunks
+from mender_upgrade.tasks.volumes import IterStream
 
 DEVICEAUTH = "deviceauth"
 COLLECTIONS = ("devices", "auth_sets", "tokens")
@@ -88,7 +88,7 @@ def open_mongo(url: str) -> MongoClient:
 @contextmanager
 def _mongo_errors(action: str) -> Iterator[None]:
     # pymongo's messages may carry host lists but never credentials; we keep only the class
-    # name anyway, as tasks.mongo.connect does.
+    # name anyway, as mender_upgrade.tasks.mongo.connect does.
     try:
         yield
     except ConnectionFailure as exc:

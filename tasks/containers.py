@@ -14,9 +14,9 @@ from pathlib import Path
 
 import docker
 
-from tasks import service_health
-from tasks.errors import ComposeCommandFailed, HealthGateFailed
-from tasks.redaction import scrub, untrusted_environment
+from mender_upgrade.tasks import service_health
+from mender_upgrade.tasks.errors import ComposeCommandFailed, HealthGateFailed
+from mender_upgrade.tasks.redaction import scrub, untrusted_environment
 
 PROJECT = "menderproduction"
 PROJECT_LABEL = "com.docker.compose.project"

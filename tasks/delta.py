@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from tasks.volumes import TarDigest, UnsafeArchive
+from mender_upgrade.tasks.volumes import TarDigest, UnsafeArchive
 
 # Fields NUL-separated (no path can hold a NUL); the path last. %P: path below the root.
 LISTING_FORMAT = r"%y\0%s\0%T@\0%C@\0%m\0%U\0%G\0%i\0%l\0%P\0"

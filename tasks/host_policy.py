@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.errors import UpgradeError
-from tasks.redaction import parse_error_position
-from tasks.settings import ApprovalPolicy, BackupSettings, UpgradeSettings
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.redaction import parse_error_position
+from mender_upgrade.tasks.settings import ApprovalPolicy, BackupSettings, UpgradeSettings
 
 HOST_FILE_ENV = "MENDER_UPGRADE_HOST_FILE"  # another path, for tests and non-standard layouts
 DEFAULT_HOST_FILE = Path("/etc/mender-upgrade/host.toml")

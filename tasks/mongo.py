@@ -8,8 +8,8 @@ import docker
 from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, PyMongoError
 
-from tasks.containers import PROJECT, project_states
-from tasks.errors import TransientError, UpgradeError
+from mender_upgrade.tasks.containers import PROJECT, project_states
+from mender_upgrade.tasks.errors import TransientError, UpgradeError
 
 MONGO_SERVICE = "mender-mongo"
 SYSTEM_DATABASES = ("admin", "local", "config")

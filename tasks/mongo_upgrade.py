@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from tasks.errors import UpgradeError
-from tasks.mongo import server_info, set_feature_compatibility_version
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.mongo import server_info, set_feature_compatibility_version
 
 MAJORS = ["3.4", "3.6", "4.0", "4.2", "4.4", "5.0", "6.0", "7.0"]
 

@@ -23,15 +23,15 @@ from typing import Callable, Iterator
 
 import docker
 
-from tasks import mongo as mongo_mod
-from tasks.backup import (MONGO_OBJECT, VOLUME, VOLUME_DELTA, BackupFailed, BackupObject, Manifest, _now,
+from mender_upgrade.tasks import mongo as mongo_mod
+from mender_upgrade.tasks.backup import (MONGO_OBJECT, VOLUME, VOLUME_DELTA, BackupFailed, BackupObject, Manifest, _now,
                           _repo_facts, backed_up_volumes, clear_leftovers, dump_mongo_to_store, list_backups, mark_in_use,
                           new_backup_id, prune_backups, stream_volume_to_store, verify_backup, verify_objects,
                           volume_key)
-from tasks.containers import PROJECT, project_states
-from tasks.delta import LISTING_FORMAT, Listing, VolumeDelta, compare_listings, parse_listing
-from tasks.store import BackupStore, Progress
-from tasks.volumes import HELPER_LABEL, MOUNT_ROOT, IterStream
+from mender_upgrade.tasks.containers import PROJECT, project_states
+from mender_upgrade.tasks.delta import LISTING_FORMAT, Listing, VolumeDelta, compare_listings, parse_listing
+from mender_upgrade.tasks.store import BackupStore, Progress
+from mender_upgrade.tasks.volumes import HELPER_LABEL, MOUNT_ROOT, IterStream
 
 LISTING_FILE = "/tmp/mender-upgrade-listing"
 DELTA_LIST_FILE = "/tmp/mender-upgrade-delta.list"

@@ -12,12 +12,12 @@ from pathlib import Path
 import docker
 import git
 
-from tasks import mongo as mongo_mod
-from tasks.errors import UpgradeError
-from tasks.redaction import scrub, untrusted_environment
-from tasks.mongo_upgrade import cpu_has_avx
-from tasks.store import BackupStore
-from tasks.versions import UpgradePlan
+from mender_upgrade.tasks import mongo as mongo_mod
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.redaction import scrub, untrusted_environment
+from mender_upgrade.tasks.mongo_upgrade import cpu_has_avx
+from mender_upgrade.tasks.store import BackupStore
+from mender_upgrade.tasks.versions import UpgradePlan
 
 
 class PreflightFailed(UpgradeError):

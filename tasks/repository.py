@@ -28,13 +28,13 @@ import git
 import yaml
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
-from tasks.containers import run_compose
-from tasks.errors import TransientError, UpgradeError
-from tasks.redaction import scrub
-from tasks.storage_alias import allow_storage_host, find_storage_alias, patch_storage_alias
-from tasks.template_carry import TemplateChange, carry_template_changes, template_drift
-from tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
-from tasks.yaml_edit import MISSING
+from mender_upgrade.tasks.containers import run_compose
+from mender_upgrade.tasks.errors import TransientError, UpgradeError
+from mender_upgrade.tasks.redaction import scrub
+from mender_upgrade.tasks.storage_alias import allow_storage_host, find_storage_alias, patch_storage_alias
+from mender_upgrade.tasks.template_carry import TemplateChange, carry_template_changes, template_drift
+from mender_upgrade.tasks.versions import STABLE_TAG, UpgradePlan, Version, plan_upgrade_path, stable_versions
+from mender_upgrade.tasks.yaml_edit import MISSING
 
 PRODUCTION_BRANCH = "production"
 PROD_YML = "production/config/prod.yml"

@@ -20,13 +20,13 @@ from typing import Callable, Iterator
 
 import docker
 
-from tasks import mongo as mongo_mod
-from tasks.backup import VOLUME, VOLUME_DELTA, BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
-from tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
-from tasks.delta import merge_digest
-from tasks.errors import UpgradeError
-from tasks.store import BackupStore, ChecksumMismatch, Progress
-from tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, TarDigest, check_removed_path,
+from mender_upgrade.tasks import mongo as mongo_mod
+from mender_upgrade.tasks.backup import VOLUME, VOLUME_DELTA, BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
+from mender_upgrade.tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
+from mender_upgrade.tasks.delta import merge_digest
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.store import BackupStore, ChecksumMismatch, Progress
+from mender_upgrade.tasks.volumes import (HELPER_LABEL, MOUNT_ROOT, InstallationVolumes, IterStream, TarDigest, check_removed_path,
                            digest_tar, helper_container, restore_volume)
 
 Chunks = Callable[[], Iterator[bytes]]

@@ -9,13 +9,13 @@ from typing import Callable
 import docker
 import git
 
-from tasks import mongo as mongo_mod
-from tasks import repository
-from tasks.backup import Manifest
-from tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
-from tasks.errors import UpgradeError
-from tasks.restore import pinned_objects, restore_backup
-from tasks.store import BackupStore
+from mender_upgrade.tasks import mongo as mongo_mod
+from mender_upgrade.tasks import repository
+from mender_upgrade.tasks.backup import Manifest
+from mender_upgrade.tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.restore import pinned_objects, restore_backup
+from mender_upgrade.tasks.store import BackupStore
 
 
 class RollbackFailed(UpgradeError):

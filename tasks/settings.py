@@ -15,10 +15,10 @@ from typing import Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from tasks.backup import load_signing_key
-from tasks.errors import UpgradeError
-from tasks.repository import REMOTE_NAME_PATTERN
-from tasks.store import BackupStore, LocalStore, S3Store, parse_target, s3_client
+from mender_upgrade.tasks.backup import load_signing_key
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.repository import REMOTE_NAME_PATTERN
+from mender_upgrade.tasks.store import BackupStore, LocalStore, S3Store, parse_target, s3_client
 
 VERSION_PATTERN = r"^\d+\.\d+\.\d+$"
 # A host id given to look up another host's runs: never starting with '-' or '.', so it cannot

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tasks.errors import UpgradeError
+from mender_upgrade.tasks.errors import UpgradeError
 
 NAMESPACE = "mender-upgrade"
 

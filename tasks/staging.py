@@ -26,10 +26,10 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort
 
-from tasks.errors import UpgradeError
-from tasks.repository import validate_version
-from tasks.run_record import FLOW_NAME, Outcome, parse_description, report_key
-from tasks.settings import HOST_REF_PATTERN, ConfigInvalid
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.repository import validate_version
+from mender_upgrade.tasks.run_record import FLOW_NAME, Outcome, parse_description, report_key
+from mender_upgrade.tasks.settings import HOST_REF_PATTERN, ConfigInvalid
 
 PAGE = 50
 

@@ -18,10 +18,10 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks import backup, cleanup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
-from tasks.errors import retry_on_transient, typed_outside_errors
-from tasks.run_record import artifact_key
-from tasks.settings import BackupSettings, UpgradeSettings
+from mender_upgrade.tasks import backup, cleanup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
+from mender_upgrade.tasks.errors import retry_on_transient, typed_outside_errors
+from mender_upgrade.tasks.run_record import artifact_key
+from mender_upgrade.tasks.settings import BackupSettings, UpgradeSettings
 
 TRANSIENT: dict[str, Any] = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
                                   retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
-from tasks.errors import UpgradeError
-from tasks.yaml_edit import (MISSING, Path, ProdYamlError, _get, _indent, _load, _next_sibling, _plain, _render,
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.yaml_edit import (MISSING, Path, ProdYamlError, _get, _indent, _load, _next_sibling, _plain, _render,
                              _scalar_text, _step, _template_key_lines, append_item, delete_key, insert_key,
                              replace_item, replace_value)
 

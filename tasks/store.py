@@ -27,7 +27,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from tasks.errors import TransientError, UpgradeError
+from mender_upgrade.tasks.errors import TransientError, UpgradeError
 
 # Called with each chunk's byte count, always in the thread that called the store (callers
 # report to Prefect from it, which needs the run's context).

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
-from tasks.storage_alias import PLACEHOLDERS, STORAGE_PLACEHOLDER, find_storage_alias
-from tasks.yaml_edit import (MISSING, Path, _checked, _get, _is_comment, _load, _Missing, _next_sibling, _plain, _span,
+from mender_upgrade.tasks.storage_alias import PLACEHOLDERS, STORAGE_PLACEHOLDER, find_storage_alias
+from mender_upgrade.tasks.yaml_edit import (MISSING, Path, _checked, _get, _is_comment, _load, _Missing, _next_sibling, _plain, _span,
                              _split, _step, _template_key_lines, delete_key, insert_key, replace_value)
 
 

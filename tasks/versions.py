@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pymongo
 from pymongo.common import MIN_SUPPORTED_SERVER_VERSION, MIN_SUPPORTED_WIRE_VERSION
 
-from tasks.errors import UpgradeError
+from mender_upgrade.tasks.errors import UpgradeError
 
 STABLE_TAG = re.compile(r"^(\d+)\.(\d+)\.(\d+)\Z")  # \Z: `$` would accept a trailing newline
 COMPOSE_LINE_END = (3, 8)  # 3.8.x pulls moving `main` images; 4.x is Helm only

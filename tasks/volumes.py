@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Generator, Iterator, Sequence
 import docker
 import yaml
 
-from tasks.errors import UpgradeError
+from mender_upgrade.tasks.errors import UpgradeError
 
 if TYPE_CHECKING:
-    from tasks.store import ByteStream
+    from mender_upgrade.tasks.store import ByteStream
 
 MOUNT_ROOT = "/mender-upgrade"
 HELPER_LABEL = "org.mender-upgrade.helper"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from tasks.errors import UpgradeError
-from tasks.settings import MaintenanceWindow
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.settings import MaintenanceWindow
 
 
 class WindowClosed(UpgradeError):

@@ -20,8 +20,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from tasks.errors import UpgradeError
-from tasks.redaction import parse_error_position
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.redaction import parse_error_position
 
 Path = tuple[str, ...]
 

@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def _sandbox_session():
-    from sandbox import stack
+    from mender_upgrade.sandbox import stack
 
     sb = stack.up(BASE_VERSION)
     yield sb
@@ -38,7 +38,7 @@ def _sandbox_session():
 def sandbox(_sandbox_session):
     """The sandbox at Mender 2.6.4, healthy and seeded; brought back to that state first when a
     test before changed the version or marked it dirty; removed when the session ends."""
-    from sandbox import stack
+    from mender_upgrade.sandbox import stack
 
     state = _sandbox_session.home.read_state()
     if state.get("dirty") or state.get("version") != BASE_VERSION:

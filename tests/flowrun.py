@@ -13,10 +13,10 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventAnyResourceFilter, EventFilter
 
-from flows.cli.upgrade import demo_settings
-from flows.runner import terminal_approver
-from flows.upgrade import upgrade_mender
-from tasks.settings import UpgradeSettings, load_settings
+from mender_upgrade.flows.cli.upgrade import demo_settings
+from mender_upgrade.flows.runner import terminal_approver
+from mender_upgrade.flows.upgrade import upgrade_mender
+from mender_upgrade.tasks.settings import UpgradeSettings, load_settings
 
 
 def flow_settings(sandbox, target: str, **overrides) -> UpgradeSettings:

@@ -1,4 +1,4 @@
-"""The tool's own local Prefect server (`flows.runner.ensure_local_server`: a real `prefect server
+"""The tool's own local Prefect server (`mender_upgrade.flows.runner.ensure_local_server`: a real `prefect server
 start` requiring its auth string) on a random 127.0.0.1 port, for tests that need no Docker."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from flows.runner import ensure_local_server
+from mender_upgrade.flows.runner import ensure_local_server
 from tests.ports import free_port
 
 

@@ -1,5 +1,5 @@
 """Serves one deployment of a tiny flow that pauses for approval, through `mender-upgrade serve`'s
-code path (deployments.serving); run as a subprocess by tests/test_serve_shutdown.py.
+code path (mender_upgrade.deployments.serving); run as a subprocess by tests/test_serve_shutdown.py.
 
     python tests/serve_shutdown_app.py DEPLOYMENT_NAME [--plain-prefect-serve]
 """
@@ -11,7 +11,7 @@ import sys
 from prefect import flow, serve
 from prefect.flow_runs import pause_flow_run
 
-from deployments.serving import serve_keeping_paused_runs
+from mender_upgrade.deployments.serving import serve_keeping_paused_runs
 
 FLOW_NAME = "serve-shutdown-probe"
 

@@ -16,9 +16,9 @@ import pytest
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
-from flows.cli import common as cli_common
-from flows.cli import app
-from flows.runner import (ALLOW_UNAUTHENTICATED_ENV, ApiNotOurs, ensure_local_server, local_auth_string,
+from mender_upgrade.flows.cli import common as cli_common
+from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.runner import (ALLOW_UNAUTHENTICATED_ENV, ApiNotOurs, ensure_local_server, local_auth_string,
                           require_safe_api)
 from tests.local_prefect import local_prefect_server
 

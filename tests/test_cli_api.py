@@ -6,7 +6,7 @@ import uuid
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from mender_upgrade.flows.cli import app
 
 
 def test_approving_a_run_the_server_does_not_know_is_an_error_not_a_traceback(prefect_api) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.runner import local_auth_string
+from mender_upgrade.flows.runner import local_auth_string
 from tests.test_tls_front import HOST_NAME, NGINX, _nginx_conf, _self_signed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def fleet(tmp_path_factory) -> Iterator[Fleet]:
             _in(namespace, "ip", "link", "set", "lo", "up")
         _in(server, "nft", "-f", str(DEBIAN_NFTABLES_CONF))  # flushes and loads the server namespace's ruleset only
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        _in(server, sys.executable, "-c", "import sys; from pathlib import Path; from flows.runner import "
+        _in(server, sys.executable, "-c", "import sys; from pathlib import Path; from mender_upgrade.flows.runner import "
             "ensure_local_server; ensure_local_server(Path(sys.argv[1]), 4200, log=lambda m: None)", str(home),
             env=env, timeout=120)
         cert, key = _self_signed(front)

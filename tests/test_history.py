@@ -16,14 +16,14 @@ from prefect.runtime import flow_run
 from prefect.states import Scheduled
 from typer.testing import CliRunner
 
-import sandbox.integration_fixture as fx
-from flows.approvals import Decision
-from flows.cli import app
-from flows.report import RunReport, describe, publish, run_name
-from flows.runner import history
-from flows.upgrade import upgrade_mender
-from tasks.run_record import parse_description
-from tasks.settings import load_settings
+import mender_upgrade.sandbox.integration_fixture as fx
+from mender_upgrade.flows.approvals import Decision
+from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.report import RunReport, describe, publish, run_name
+from mender_upgrade.flows.runner import history
+from mender_upgrade.flows.upgrade import upgrade_mender
+from mender_upgrade.tasks.run_record import parse_description
+from mender_upgrade.tasks.settings import load_settings
 
 
 @flow(name="upgrade-mender", persist_result=False, flow_run_name="{host} 2.6.4→2.7.2")

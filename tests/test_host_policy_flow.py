@@ -17,10 +17,10 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
-from flows.upgrade import upgrade_mender
-from tasks.host_policy import HOST_FILE_ENV
-from tasks.run_record import report_key
-from tasks.settings import load_settings
+from mender_upgrade.flows.upgrade import upgrade_mender
+from mender_upgrade.tasks.host_policy import HOST_FILE_ENV
+from mender_upgrade.tasks.run_record import report_key
+from mender_upgrade.tasks.settings import load_settings
 from tests.flowrun import everything_recorded
 from tests.unit.test_host_policy import HOST_TOML
 

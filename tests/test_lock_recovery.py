@@ -20,13 +20,13 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelled, Paused, Running
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.lock import LockHeldByLiveRun, UpgradeAlreadyRunning, host_lock, lock_status, release_stale_lock
+from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.lock import LockHeldByLiveRun, UpgradeAlreadyRunning, host_lock, lock_status, release_stale_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
-from flows.lock import host_lock
+from mender_upgrade.flows.lock import host_lock
 with host_lock(sys.argv[1], 5):
     print("acquired", flush=True)
     sys.stdin.readline()  # holds the lock until told to go (or killed)

@@ -26,10 +26,10 @@ from prefect.flow_runs import pause_flow_run  # noqa: E402
 from prefect.runtime import flow_run as current_run  # noqa: E402
 from prefect.states import State  # noqa: E402
 
-from deployments.notifications import (  # noqa: E402
+from mender_upgrade.deployments.notifications import (  # noqa: E402
     AUTOMATION_NAME, ROLLED_BACK_EVENT, WEBHOOK_BLOCK_NAME, apply_notifications, emit_rolled_back)
-from flows.approvals import Binding, ask_approval  # noqa: E402
-from tasks.errors import UpgradeError  # noqa: E402
+from mender_upgrade.flows.approvals import Binding, ask_approval  # noqa: E402
+from mender_upgrade.tasks.errors import UpgradeError  # noqa: E402
 from tests.flowrun import everything_recorded  # noqa: E402
 from tests.unit.test_redaction import SECRET as RENAMED_KEYS_SECRET  # noqa: E402
 from tests.unit.test_redaction import renamed_secret_key_description  # noqa: E402
@@ -188,7 +188,7 @@ GIT_TOKEN = "ghp_gitToken7Hx3Lm"  # the clone's remote URL credentials
 def upgrade_fails_quoting_secrets(integration: str) -> None:
     """Fails the way a real run does when `./run config` breaks: its output tail - a resolved compose
     config holding the S3 secret and a git URL with a token - becomes the failure message."""
-    from tasks.containers import run_compose
+    from mender_upgrade.tasks.containers import run_compose
     run_compose(Path(integration), ["config"], env={"AWS_SECRET_ACCESS_KEY": S3_SECRET})
 
 

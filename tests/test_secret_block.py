@@ -18,14 +18,14 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from flows.drill import restore_drill_flow
-from flows.runner import local_auth_string
-from sandbox.home import SandboxHome
-from sandbox.s3 import WEED_PORTS, S3Endpoint, start_s3, stop_s3
-from tasks.host_policy import HOST_FILE_ENV
-from tasks.settings import ConfigInvalid, load_settings
+from mender_upgrade.flows.drill import restore_drill_flow
+from mender_upgrade.flows.runner import local_auth_string
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.s3 import WEED_PORTS, S3Endpoint, start_s3, stop_s3
+from mender_upgrade.tasks.host_policy import HOST_FILE_ENV
+from mender_upgrade.tasks.settings import ConfigInvalid, load_settings
 from tests.flowrun import everything_recorded
-from sandbox.processes import port_open
+from mender_upgrade.sandbox.processes import port_open
 from tests.local_prefect import free_port, local_prefect_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from flows.upgrade import upgrade_mender
+from mender_upgrade.flows.upgrade import upgrade_mender
 from tests.flowrun import everything_recorded
 from tests.test_host_policy_flow import host_file  # noqa: F401 (fixture)
 

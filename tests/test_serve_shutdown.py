@@ -1,5 +1,5 @@
 """Stopping `serve` (SIGTERM) must not cancel a run paused for approval. A real serve process
-(tests/serve_shutdown_app.py, our deployments.serving path) against the session's test server."""
+(tests/serve_shutdown_app.py, our mender_upgrade.deployments.serving path) against the session's test server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from deployments.serving import FORCED_STOP_MESSAGE
+from mender_upgrade.deployments.serving import FORCED_STOP_MESSAGE
 from tests.serve_shutdown_app import FLOW_NAME
 
 REPO = Path(__file__).resolve().parent.parent

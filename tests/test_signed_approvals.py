@@ -17,12 +17,12 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.runtime import flow_run
 
-from flows.approvals import Binding, ask_approval
-from flows.report import RunReport, publish
-from flows.runner import _form_defaults, answer_for, approve, history, report_markdown
-from flows.upgrade import _approve, _now
-from tasks.settings import load_settings
-from tasks.signatures import plan_digest
+from mender_upgrade.flows.approvals import Binding, ask_approval
+from mender_upgrade.flows.report import RunReport, publish
+from mender_upgrade.flows.runner import _form_defaults, answer_for, approve, history, report_markdown
+from mender_upgrade.flows.upgrade import _approve, _now
+from mender_upgrade.tasks.settings import load_settings
+from mender_upgrade.tasks.signatures import plan_digest
 from tests.unit.test_signatures import keys  # noqa: F401 (fixture)
 
 DIGEST = plan_digest("probe-host", "2.6.4", "2.7.2", ["2.7.2"], ["diff"])

@@ -1,5 +1,5 @@
 """Staging before production, against real run history: tiny runs of a flow named
-upgrade-mender publish real reports (flows.report.publish) on the session's Prefect test server.
+upgrade-mender publish real reports (mender_upgrade.flows.report.publish) on the session's Prefect test server.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.report import RunReport, publish
-from tasks.repository import InvalidRef
-from tasks.settings import ConfigInvalid
-from tasks.staging import StagingNotDone, require_completed_on_staging
+from mender_upgrade.flows.report import RunReport, publish
+from mender_upgrade.tasks.repository import InvalidRef
+from mender_upgrade.tasks.settings import ConfigInvalid
+from mender_upgrade.tasks.staging import StagingNotDone, require_completed_on_staging
 
 
 @flow(name="upgrade-mender", persist_result=False)

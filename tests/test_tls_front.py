@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from flows.runner import local_auth_string
+from mender_upgrade.flows.runner import local_auth_string
 from tests.local_prefect import local_prefect_server
 from tests.ports import free_port
 

@@ -18,9 +18,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.definitions import deployment_names
-from flows.runner import api_healthy
-from tasks.host_policy import HOST_FILE_ENV
+from mender_upgrade.deployments.definitions import deployment_names
+from mender_upgrade.flows.runner import api_healthy
+from mender_upgrade.tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
 from tests.ports import free_port
 from tests.test_serve_shutdown import wait_for
@@ -105,7 +105,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_the_manual_deployment_to_a_clean
         assert {window, manual, drill} <= set(found), sorted(found)
         assert {found[n].work_pool_name for n in (window, manual, drill)} == {pool}
         assert found[manual].parameters["settings"]["host_id"] == host.name
-        assert found[drill].entrypoint == "flows.drill:restore_drill_flow"
+        assert found[drill].entrypoint == "mender_upgrade.flows.drill:restore_drill_flow"
 
         run = client.create_flow_run_from_deployment(found[manual].id)
 

@@ -1,6 +1,6 @@
 """`mender-upgrade`: a thin CLI over the flows, the tasks and the sandbox.
 
-Each area's commands are module-level functions in this package; `flows.cli.errors` is the one
+Each area's commands are module-level functions in this package; `mender_upgrade.flows.cli.errors` is the one
 place that turns a failure into a message on stderr and an exit code.
 """
 
@@ -14,8 +14,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import typer  # noqa: E402
 
-from flows.cli import backup, cleanup, lock, repo, sandbox, upgrade  # noqa: E402
-from flows.cli.errors import EXIT_CODES_HELP, HandledGroup  # noqa: E402
+from mender_upgrade.flows.cli import backup, cleanup, lock, repo, sandbox, upgrade  # noqa: E402
+from mender_upgrade.flows.cli.errors import EXIT_CODES_HELP, HandledGroup  # noqa: E402
 
 app = typer.Typer(cls=HandledGroup, no_args_is_help=True, help="Upgrade a self-hosted Mender Server safely.",
                   epilog=EXIT_CODES_HELP)

@@ -8,13 +8,13 @@ import docker
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from flows.cli.common import CONFIG, ENDPOINT, INTEGRATION, TARGET, console, dim, settings_from
-from flows.cli.errors import EXIT_FAILED
-from tasks.backup import MANIFEST, ensure_verified_backup, newest_verified_backup, read_manifest
-from tasks.errors import UpgradeError
-from tasks.mongo import mongo_container
-from tasks.restore import restore_backup, restore_drill
-from tasks.settings import BackupSettings, load_settings
+from mender_upgrade.flows.cli.common import CONFIG, ENDPOINT, INTEGRATION, TARGET, console, dim, settings_from
+from mender_upgrade.flows.cli.errors import EXIT_FAILED
+from mender_upgrade.tasks.backup import MANIFEST, ensure_verified_backup, newest_verified_backup, read_manifest
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.mongo import mongo_container
+from mender_upgrade.tasks.restore import restore_backup, restore_drill
+from mender_upgrade.tasks.settings import BackupSettings, load_settings
 
 
 def open_manifest_uri(uri: str, base: BackupSettings, allow_unsigned: bool):

@@ -13,13 +13,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli.common import CONFIG, ENDPOINT, TARGET, console, dim, settings_from
-from flows.cli.errors import Stopped
-from tasks.settings import UpgradeSettings
-from tasks.store import BackupStore, LocalStore
+from mender_upgrade.flows.cli.common import CONFIG, ENDPOINT, TARGET, console, dim, settings_from
+from mender_upgrade.flows.cli.errors import Stopped
+from mender_upgrade.tasks.settings import UpgradeSettings
+from mender_upgrade.tasks.store import BackupStore, LocalStore
 
 if TYPE_CHECKING:
-    from tasks import cleanup
+    from mender_upgrade.tasks import cleanup
 
 
 def _mongo_url(mongo_url: str | None, project: str) -> str:
@@ -27,7 +27,7 @@ def _mongo_url(mongo_url: str | None, project: str) -> str:
         return mongo_url
     import docker
 
-    from tasks.mongo import MongoUnreachable, mongo_url as find_url
+    from mender_upgrade.tasks.mongo import MongoUnreachable, mongo_url as find_url
     try:
         return find_url(docker.from_env(), project)
     except docker.errors.DockerException as exc:
@@ -55,7 +55,7 @@ def _report_table(report: cleanup.CleanupReport) -> Table:
 
 
 def _warn_old_clients(client) -> None:
-    from tasks import cleanup
+    from mender_upgrade.tasks import cleanup
     result = cleanup.count_old_clients(client)
     if result.old:
         versions = ", ".join(f"{v}: {n}" for v, n in result.versions.items())
@@ -90,7 +90,7 @@ def cleanup_command(
                                            help="compose project name (default: the config's compose_project)"),
 ) -> None:
     """Find deviceauth leftovers of failed device decommissioning (dry run by default)."""
-    from tasks import cleanup  # imports Prefect (~3 s): only when this command runs
+    from mender_upgrade.tasks import cleanup  # imports Prefect (~3 s): only when this command runs
     if apply and restore:
         raise typer.BadParameter("--apply and --restore exclude each other: run one, then the other")
     settings = settings_from(config, None, target, endpoint)  # a wrong target is named before anything is read

@@ -11,8 +11,8 @@ import typer
 import yaml
 from rich.console import Console
 
-from tasks.redaction import parse_error_position
-from tasks.settings import ConfigInvalid, UpgradeSettings, load_settings
+from mender_upgrade.tasks.redaction import parse_error_position
+from mender_upgrade.tasks.settings import ConfigInvalid, UpgradeSettings, load_settings
 
 console = Console()
 PREFECT_HOME = Path(os.environ.get("MENDER_UPGRADE_HOME", Path.home() / ".mender-upgrade")) / "prefect"
@@ -66,7 +66,7 @@ def prefect_api():
     from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, PREFECT_UI_URL,
                                   temporary_settings)
 
-    from flows.runner import ensure_local_server, local_auth_string, require_safe_api
+    from mender_upgrade.flows.runner import ensure_local_server, local_auth_string, require_safe_api
     if PREFECT_API_URL.value():
         # Setting.value() unwraps the settings' SecretStr: these are plain strings (or None).
         require_safe_api(PREFECT_API_URL.value(), PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value())

@@ -30,17 +30,17 @@ class Stopped(Exception):
 
 def _refusal_types() -> tuple[type[Exception], ...]:
     # Imported when needed only: some of them load Prefect, which `--help` should not wait for.
-    from flows.lock import LockHeldByLiveRun, UpgradeAlreadyRunning
-    from tasks.mongo_upgrade import MongoHopRefused
-    from tasks.staging import StagingNotDone
-    from tasks.versions import PlanRefused
-    from tasks.window import WindowClosed
+    from mender_upgrade.flows.lock import LockHeldByLiveRun, UpgradeAlreadyRunning
+    from mender_upgrade.tasks.mongo_upgrade import MongoHopRefused
+    from mender_upgrade.tasks.staging import StagingNotDone
+    from mender_upgrade.tasks.versions import PlanRefused
+    from mender_upgrade.tasks.window import WindowClosed
     return PlanRefused, StagingNotDone, WindowClosed, UpgradeAlreadyRunning, LockHeldByLiveRun, MongoHopRefused
 
 
 def _usage_types() -> tuple[type[Exception], ...]:
-    from tasks.repository import InvalidRef
-    from tasks.settings import ConfigInvalid
+    from mender_upgrade.tasks.repository import InvalidRef
+    from mender_upgrade.tasks.settings import ConfigInvalid
     return ConfigInvalid, InvalidRef
 
 
@@ -59,8 +59,8 @@ def exit_for(exc: BaseException) -> int:
     """Say what `exc` means on stderr; the exit code for it."""
     import httpx
 
-    from sandbox.processes import SandboxError
-    from tasks.errors import UpgradeError
+    from mender_upgrade.sandbox.processes import SandboxError
+    from mender_upgrade.tasks.errors import UpgradeError
     if isinstance(exc, Stopped):
         _say("stopped", exc.message)
         return EXIT_STOPPED

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from flows import lock
-from flows.cli.common import console, prefect_api
+from mender_upgrade.flows import lock
+from mender_upgrade.flows.cli.common import console, prefect_api
 
 HOST = typer.Argument(..., metavar="HOST", help="the host id whose lock to free (as in the run's settings)")
 FORCE = typer.Option(False, "--force", help="free it even while an upgrade run of the host is RUNNING or PAUSED "

@@ -12,11 +12,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli.common import CONFIG, INTEGRATION, console, settings_from
-from flows.cli.errors import EXIT_DONE, EXIT_STOPPED, Stopped
-from tasks import repository
-from tasks.template_carry import TemplateChange
-from tasks.versions import UpgradePlan
+from mender_upgrade.flows.cli.common import CONFIG, INTEGRATION, console, settings_from
+from mender_upgrade.flows.cli.errors import EXIT_DONE, EXIT_STOPPED, Stopped
+from mender_upgrade.tasks import repository
+from mender_upgrade.tasks.template_carry import TemplateChange
+from mender_upgrade.tasks.versions import UpgradePlan
 
 BRANCH = typer.Option(repository.PRODUCTION_BRANCH, "--branch", help="the production branch of the clone")
 

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from flows.cli.common import console, dim
+from mender_upgrade.flows.cli.common import console, dim
 
 app = typer.Typer(no_args_is_help=True, help="The throw-away Mender installation used by tests and the demo.")
 
@@ -35,7 +35,7 @@ def sandbox_up(version: str = typer.Option("2.6.4", "--version", help="Mender re
 
     MENDER_INTEGRATION_UPSTREAM=<path, URL or bundle of mendersoftware/integration> makes the
     operator's clone from that real repository; unset, from the generated fixture repository."""
-    from sandbox import stack
+    from mender_upgrade.sandbox import stack
     stack.up(version, log=dim, artifacts_gib=artifacts_gib, fleet=fleet)
     _print_status(stack.status())
 
@@ -43,7 +43,7 @@ def sandbox_up(version: str = typer.Option("2.6.4", "--version", help="Mender re
 @app.command("down")
 def sandbox_down() -> None:
     """Remove every container, network, volume and data folder the sandbox created."""
-    from sandbox import stack
+    from mender_upgrade.sandbox import stack
     for item in stack.down(log=dim):
         console.print(f"  removed {item}", markup=False)
 
@@ -51,7 +51,7 @@ def sandbox_down() -> None:
 @app.command("status")
 def sandbox_status(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Which Mender version runs, each service's state, the clone, the registry and S3."""
-    from sandbox import stack
+    from mender_upgrade.sandbox import stack
     info = stack.status()
     if as_json:
         console.print_json(json.dumps(info))

@@ -15,12 +15,12 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli.common import console, dim, prefect_api, read_config
-from flows.cli.errors import Stopped
-from tasks.errors import UpgradeError
-from tasks.settings import UpgradeSettings, load_settings
+from mender_upgrade.flows.cli.common import console, dim, prefect_api, read_config
+from mender_upgrade.flows.cli.errors import Stopped
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.settings import UpgradeSettings, load_settings
 
-# Same name as deployments.notifications.WEBHOOK_URL_ENV (not imported: it would load prefect for --help).
+# Same name as mender_upgrade.deployments.notifications.WEBHOOK_URL_ENV (not imported: it would load prefect for --help).
 WEBHOOK_URL_ENV = "MENDER_UPGRADE_WEBHOOK_URL"
 WEBHOOK_HELP = ("POST here when an upgrade run pauses for approval, fails or is rolled back "
                 "(may hold a token: prefer the environment variable)")
@@ -41,8 +41,8 @@ def run_upgrade(settings: UpgradeSettings, auto_approve: bool = False, poll_inte
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from flows.runner import terminal_approver
-    from flows.upgrade import upgrade_mender
+    from mender_upgrade.flows.runner import terminal_approver
+    from mender_upgrade.flows.upgrade import upgrade_mender
 
     marker = f"cli-{uuid.uuid4().hex[:8]}"
 
@@ -67,7 +67,7 @@ def run_upgrade(settings: UpgradeSettings, auto_approve: bool = False, poll_inte
 
 def finish(state, run_id: str | None) -> None:
     """Print the run's report (what `run` and `demo` show alike); raise what ended it unless it completed."""
-    from flows.runner import report_markdown
+    from mender_upgrade.flows.runner import report_markdown
     markdown = report_markdown(run_id) if run_id else None
     if markdown:
         console.print(Markdown(markdown))
@@ -101,7 +101,7 @@ def approve(run_id: str = typer.Argument(..., help="the paused run's id (see `me
             sign_with: Path = typer.Option(None, "--sign-with", help="SSH private key (or .pub with ssh-agent) "
                                            "signing the answer; the host checks it against its allowed_signers")) -> None:
     """Approve (or --reject) a run waiting at an approval gate."""
-    from flows.runner import approve as answer
+    from mender_upgrade.flows.runner import approve as answer
     with prefect_api():
         state = answer(run_id, not reject, comment, approver, sign_with)
     console.print(f"{'rejected' if reject else 'approved'} run {run_id}: {state}", markup=False)
@@ -131,7 +131,7 @@ def history(as_json: bool = typer.Option(False, "--json", help="print JSON (ever
             limit: int = typer.Option(50, "--limit", min=1, max=200, help="newest runs to show")) -> None:
     """Past and running upgrade runs, newest first: host, from → to, outcome and why, approvers,
     backup, downtime, duration and the run id (for `approve`)."""
-    from flows.runner import history as read_history
+    from mender_upgrade.flows.runner import history as read_history
     with prefect_api():
         rows = read_history(limit, host)
     if as_json:
@@ -173,14 +173,14 @@ def serve(config: Path = CONFIG,
     waits for them; a second SIGTERM cancels them)."""
     check_schedule(cron, timezone)
     if webhook_url:
-        from deployments.notifications import check_webhook_url, redacted
+        from mender_upgrade.deployments.notifications import check_webhook_url, redacted
         try:
             check_webhook_url(webhook_url)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--webhook-url") from None
         console.print(f"notifications: paused/failed/rolled-back runs call {redacted(webhook_url)}", markup=False)
     settings = read_config(config)
-    from deployments.definitions import serve_all
+    from mender_upgrade.deployments.definitions import serve_all
     with prefect_api():  # the server `run`, `history` and the UI use, never a temporary one
         serve_all(settings, cron, timezone, webhook_url)
 
@@ -188,7 +188,7 @@ def serve(config: Path = CONFIG,
 def notifications(webhook_url: str = typer.Option(..., "--webhook-url", envvar=WEBHOOK_URL_ENV,
                                                   show_default=False, help=WEBHOOK_HELP)) -> None:
     """Create or update the webhook automation only (for prefect.yaml workers, which do not run `serve`)."""
-    from deployments.notifications import apply_notifications, check_webhook_url, redacted
+    from mender_upgrade.deployments.notifications import apply_notifications, check_webhook_url, redacted
     try:
         check_webhook_url(webhook_url)
     except ValueError as exc:  # holds no secret part of the URL
@@ -217,8 +217,8 @@ def demo(version: str = typer.Option("2.6.4", "--version", help="old release the
          artifacts_gib: float = typer.Option(0, "--artifacts-gib", min=0, max=64,
                                              help="seed this many GiB of incompressible artifacts first")) -> None:
     """The embedded default: sandbox at an old release, a real upgrade with approval, the report."""
-    from sandbox import stack
-    from sandbox.home import require_checkout
+    from mender_upgrade.sandbox import stack
+    from mender_upgrade.sandbox.home import require_checkout
     require_checkout()  # before a Prefect server is started for nothing
     with prefect_api() as ui:
         sb = stack.up(version, log=dim, artifacts_gib=artifacts_gib)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import stack
+from mender_upgrade.sandbox import stack
 from tests.browser.ui_approval import CHROMIUM, approve_in_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.sandbox]

@@ -17,15 +17,15 @@ from typing import Iterator
 import git
 import pytest
 
-from sandbox.releases import Release
-from tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
-from tasks.containers import compose_services, project_states, wait_until_healthy
-from tasks.repository import FAILED_PREFIX, PRE_UPGRADE_PREFIX, markers
-from tasks.restore import check_archives
-from tasks.settings import BackupSettings, UpgradeSettings, load_settings
-from tasks.store import BackupStore
-from tasks.versions import STABLE_TAG
-from tasks.volumes import HELPER_LABEL
+from mender_upgrade.sandbox.releases import Release
+from mender_upgrade.tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
+from mender_upgrade.tasks.containers import compose_services, project_states, wait_until_healthy
+from mender_upgrade.tasks.repository import FAILED_PREFIX, PRE_UPGRADE_PREFIX, markers
+from mender_upgrade.tasks.restore import check_archives
+from mender_upgrade.tasks.settings import BackupSettings, UpgradeSettings, load_settings
+from mender_upgrade.tasks.store import BackupStore
+from mender_upgrade.tasks.versions import STABLE_TAG
+from mender_upgrade.tasks.volumes import HELPER_LABEL
 from tests.sandbox.conftest import mongo_snapshot
 
 RESULTS = Path(__file__).resolve().parents[2] / ".sandbox" / "reliability"

@@ -20,15 +20,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from typer.testing import CliRunner
 
-from flows.cli import app
-from sandbox import engine, stack
-from sandbox.integration_fixture import add_broken_release
-from sandbox.releases import BROKEN_VERSION
-from sandbox.s3 import S3_PORT
-from tasks.repository import FAILED_PREFIX, markers
-from tasks.errors import UpgradeError
-from tasks.settings import load_settings
-from tasks.containers import compose_services, project_states
+from mender_upgrade.flows.cli import app
+from mender_upgrade.sandbox import engine, stack
+from mender_upgrade.sandbox.integration_fixture import add_broken_release
+from mender_upgrade.sandbox.releases import BROKEN_VERSION
+from mender_upgrade.sandbox.s3 import S3_PORT
+from mender_upgrade.tasks.repository import FAILED_PREFIX, markers
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.settings import load_settings
+from mender_upgrade.tasks.containers import compose_services, project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot

@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from sandbox.s3 import S3_PORT
-from tasks.backup import ensure_verified_backup, list_backups
-from tasks.restore import check_archives
-from tasks.settings import BackupSettings
-from tasks.containers import project_states
+from mender_upgrade.sandbox.s3 import S3_PORT
+from mender_upgrade.tasks.backup import ensure_verified_backup, list_backups
+from mender_upgrade.tasks.restore import check_archives
+from mender_upgrade.tasks.settings import BackupSettings
+from mender_upgrade.tasks.containers import project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.faultproxy import FaultProxy

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.lock import host_lock
-from tasks.backup import Manifest, ensure_verified_backup, list_backups
+from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.lock import host_lock
+from mender_upgrade.tasks.backup import Manifest, ensure_verified_backup, list_backups
 from tests.faults.conftest import (
     SEEN_TEXT,
     assert_invariants,

@@ -22,9 +22,9 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
-from deployments.definitions import deployment_names
-from sandbox import stack
-from tasks.host_policy import HOST_FILE_ENV
+from mender_upgrade.deployments.definitions import deployment_names
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.host_policy import HOST_FILE_ENV
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
 from tests.faults.test_downtime import _when_recreated
 from tests.flowrun import flow_settings, report_of

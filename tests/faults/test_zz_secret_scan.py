@@ -6,7 +6,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-from sandbox.integration_fixture import OPERATOR_MINIO_SECRET_KEY
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_MINIO_SECRET_KEY
 from tests.faults.conftest import SEEN_TEXT
 from tests.flowrun import everything_recorded
 

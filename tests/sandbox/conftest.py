@@ -8,8 +8,8 @@ import uuid
 import pytest
 from bson.raw_bson import RawBSONDocument
 
-from tasks.settings import BackupSettings
-from tasks.containers import project_states
+from mender_upgrade.tasks.settings import BackupSettings
+from mender_upgrade.tasks.containers import project_states
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from sandbox import stack
-from tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups, read_manifest
-from tasks.containers import project_states, wait_until_healthy
-from tasks.backup import OtherHostsBackup
-from tasks.restore import restore_backup, restore_drill
-from tasks.settings import BackupSettings
-from tasks.store import BucketNotImmutable
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups, read_manifest
+from mender_upgrade.tasks.containers import project_states, wait_until_healthy
+from mender_upgrade.tasks.backup import OtherHostsBackup
+from mender_upgrade.tasks.restore import restore_backup, restore_drill
+from mender_upgrade.tasks.settings import BackupSettings
+from mender_upgrade.tasks.store import BucketNotImmutable
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot, started_at
 
 pytestmark = pytest.mark.sandbox
@@ -131,8 +131,8 @@ def test_writers_are_running_services_of_the_current_configuration(sandbox):
     """Not an orphan of a service the configuration no longer has (storage-proxy after 2.7),
     not a one-off `run` container, not a configured service that is stopped: `./run stop`
     would fail on the first two, and the third has nothing to stop."""
-    from tasks.backup import NON_WRITERS, writer_services
-    from tasks.containers import ONEOFF_LABEL, PROJECT, PROJECT_LABEL, SERVICE_LABEL, compose_services
+    from mender_upgrade.tasks.backup import NON_WRITERS, writer_services
+    from mender_upgrade.tasks.containers import ONEOFF_LABEL, PROJECT, PROJECT_LABEL, SERVICE_LABEL, compose_services
     configured = set(compose_services(sandbox.integration))
     extra, inventory = [], project_states(sandbox.client)["mender-inventory"].container_id
     try:
@@ -178,7 +178,7 @@ def test_failing_mongodump_leaves_no_complete_object(sandbox, s3_settings):
 def test_cli_backup_drill_and_restore(sandbox, s3_settings):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from mender_upgrade.flows.cli import app
     env = {"AWS_ACCESS_KEY_ID": sandbox.s3.access_key, "AWS_SECRET_ACCESS_KEY": sandbox.s3.secret_key}
     common = ["--target", s3_settings.target, "--endpoint-url", sandbox.s3.url]
     runner = CliRunner()

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.runner import ensure_local_server
-from sandbox import stack
-from tasks.backup import list_backups
-from tasks.settings import load_settings
+from mender_upgrade.flows.runner import ensure_local_server
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.backup import list_backups
+from mender_upgrade.tasks.settings import load_settings
 from tests.flowrun import flow_settings
 
 pytestmark = pytest.mark.sandbox
@@ -94,7 +94,7 @@ def test_upload_progress_reaches_prefect_from_the_task_thread(prefect_api, s3_se
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 
-    from tasks.steps import _progress_callback
+    from mender_upgrade.tasks.steps import _progress_callback
 
     called_in: set[int] = set()
 

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.settings import PREFECT_API_URL
 
-from sandbox import stack
+from mender_upgrade.sandbox import stack
 from tests.flowrun import flow_settings
 from tests.test_serve_shutdown import wait_for
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import stack
-from sandbox.releases import Release
-from tasks.containers import cycle_containers, is_mender_image, project_states, pull_images, wait_until_healthy
-from tasks.errors import HealthGateFailed
-from tasks.service_health import HEALTH_LABEL, INTERNAL_HEALTH_PATHS
-from tasks.mongo import server_info
-from tasks.mongo_upgrade import (
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.releases import Release
+from mender_upgrade.tasks.containers import cycle_containers, is_mender_image, project_states, pull_images, wait_until_healthy
+from mender_upgrade.tasks.errors import HealthGateFailed
+from mender_upgrade.tasks.service_health import HEALTH_LABEL, INTERNAL_HEALTH_PATHS
+from mender_upgrade.tasks.mongo import server_info
+from mender_upgrade.tasks.mongo_upgrade import (
     MongoHopRefused,
     check_mongo_hop,
     cpu_has_avx,
     finish_mongo_hop,
 )
-from tasks.repository import fetch_tags, open_integration, update_repository
+from mender_upgrade.tasks.repository import fetch_tags, open_integration, update_repository
 from tests.sandbox.conftest import mongo_snapshot
 
 pytestmark = pytest.mark.sandbox

@@ -8,13 +8,13 @@ import time
 import git
 import pytest
 
-from flows.runner import history
-from sandbox import stack
-from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_SECRET_KEY
-from sandbox.releases import Release
-from tasks.backup import NON_WRITERS
-from tasks.containers import project_states
-from tasks.service_health import call
+from mender_upgrade.flows.runner import history
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_SECRET_KEY
+from mender_upgrade.sandbox.releases import Release
+from mender_upgrade.tasks.backup import NON_WRITERS
+from mender_upgrade.tasks.containers import project_states
+from mender_upgrade.tasks.service_health import call
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.sandbox.conftest import started_at
 
@@ -119,9 +119,9 @@ def test_rejected_second_approval_undoes_the_merge_before_any_downtime(prefect_a
 
 
 def test_scheduled_restore_drill_flow_passes_without_touching_production(prefect_api, sandbox):
-    from deployments.definitions import build
-    from flows.drill import restore_drill_flow
-    from tasks.backup import ensure_verified_backup
+    from mender_upgrade.deployments.definitions import build
+    from mender_upgrade.flows.drill import restore_drill_flow
+    from mender_upgrade.tasks.backup import ensure_verified_backup
 
     settings = flow_settings(sandbox, "2.7.2")
     ensure_verified_backup(sandbox.client, sandbox.integration, settings.backup_store(), mode="hot",

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox import stack
-from tasks.backup import VOLUME, VOLUME_DELTA, read_manifest
-from tasks.containers import project_states
-from tasks.precopy import finish_backup, pre_copy
-from tasks.restore import restore_backup, restore_drill
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.backup import VOLUME, VOLUME_DELTA, read_manifest
+from mender_upgrade.tasks.containers import project_states
+from mender_upgrade.tasks.precopy import finish_backup, pre_copy
+from mender_upgrade.tasks.restore import restore_backup, restore_drill
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
 
 pytestmark = pytest.mark.sandbox

@@ -9,13 +9,13 @@ from pathlib import Path
 import git
 import pytest
 
-from sandbox import stack
-from sandbox.integration_fixture import OPERATOR_STORAGE_HOST
-from sandbox.releases import BROKEN_VERSION
-from sandbox.seed import artifact_files
-from sandbox.standin_catalogue import compose_images
-from tasks.containers import project_states, run_compose
-from tasks.mongo import server_info
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_STORAGE_HOST
+from mender_upgrade.sandbox.releases import BROKEN_VERSION
+from mender_upgrade.sandbox.seed import artifact_files
+from mender_upgrade.sandbox.standin_catalogue import compose_images
+from mender_upgrade.tasks.containers import project_states, run_compose
+from mender_upgrade.tasks.mongo import server_info
 from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.sandbox.test_real_stack import _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)

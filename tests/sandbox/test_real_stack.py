@@ -16,15 +16,15 @@ import docker
 import git
 import pytest
 
-from sandbox import stack
-from sandbox.home import SandboxHome
-from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST, PRODUCTION_BRANCH
-from sandbox.processes import SandboxError
-from sandbox.real_upstream import UPSTREAM_ENV
-from sandbox.seed import artifact_files
-from sandbox.standin_catalogue import compose_images
-from tasks import service_health
-from tasks.containers import PROJECT_LABEL, compose_services, project_states, run_compose
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.home import SandboxHome
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST, PRODUCTION_BRANCH
+from mender_upgrade.sandbox.processes import SandboxError
+from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV
+from mender_upgrade.sandbox.seed import artifact_files
+from mender_upgrade.sandbox.standin_catalogue import compose_images
+from mender_upgrade.tasks import service_health
+from mender_upgrade.tasks.containers import PROJECT_LABEL, compose_services, project_states, run_compose
 
 pytestmark = pytest.mark.sandbox
 

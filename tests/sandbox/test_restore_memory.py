@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench.restore_real import MEMORY_CGROUP, restore_under_limit
-from sandbox import stack
+from mender_upgrade.sandbox import stack
 
 pytestmark = pytest.mark.sandbox
 LIMIT_MIB = 300

@@ -11,12 +11,12 @@ import git
 import pytest
 from botocore.exceptions import ClientError
 
-from sandbox import images, stack
-from sandbox.integration_fixture import create_operator_clone
-from sandbox.releases import IGNORED_TAGS, Release, all_fixture_tags
+from mender_upgrade.sandbox import images, stack
+from mender_upgrade.sandbox.integration_fixture import create_operator_clone
+from mender_upgrade.sandbox.releases import IGNORED_TAGS, Release, all_fixture_tags
 from tests.sandbox.conftest import mongo_snapshot
-from tasks import service_health
-from tasks.containers import compose_services, project_states, run_compose
+from mender_upgrade.tasks import service_health
+from mender_upgrade.tasks.containers import compose_services, project_states, run_compose
 
 pytestmark = pytest.mark.sandbox
 
@@ -126,7 +126,7 @@ def test_artifact_volume_holds_the_seed_with_dot_entry(sandbox):
     minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
     listing = minio.exec_run(["sh", "-c", "cd /export && find . -type f | sort && sha256sum mender-artifact-storage/release-0.mender"]).output.decode()
     assert "./.minio.sys/format.json" in listing
-    from sandbox.seed import artifact_files
+    from mender_upgrade.sandbox.seed import artifact_files
     big = hashlib.sha256(artifact_files()["mender-artifact-storage/release-0.mender"][0]).hexdigest()
     assert big in listing
 
@@ -140,8 +140,8 @@ def test_sandbox_down_leaves_nothing_behind(sandbox):
     assert client.networks.list(filters={"label": "com.docker.compose.project=menderproduction"}) == []
     assert [v.name for v in client.volumes.list() if v.name in stack.EXTERNAL_VOLUMES] == []
     assert not sandbox.home.run.exists()
-    from sandbox.registry import registry_answers
+    from mender_upgrade.sandbox.registry import registry_answers
     assert not registry_answers()
-    from sandbox.processes import port_open
-    from sandbox.s3 import S3_PORT
+    from mender_upgrade.sandbox.processes import port_open
+    from mender_upgrade.sandbox.s3 import S3_PORT
     assert not port_open(S3_PORT)

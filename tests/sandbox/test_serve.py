@@ -23,11 +23,11 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from deployments.definitions import deployment_names
-from flows.cli.upgrade import demo_settings
-from flows.runner import api_healthy, local_auth_string
-from sandbox import stack
-from tasks.host_policy import HOST_FILE_ENV
+from mender_upgrade.deployments.definitions import deployment_names
+from mender_upgrade.flows.cli.upgrade import demo_settings
+from mender_upgrade.flows.runner import api_healthy, local_auth_string
+from mender_upgrade.sandbox import stack
+from mender_upgrade.tasks.host_policy import HOST_FILE_ENV
 from tests.flowrun import report_of
 from tests.test_serve_shutdown import wait_for
 

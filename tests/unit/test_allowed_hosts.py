@@ -15,9 +15,9 @@ import git
 import pytest
 import yaml
 
-import sandbox.integration_fixture as fx
-from tasks import repository as r
-from tasks.storage_alias import AllowedHostsNotEditable, allow_storage_host, find_storage_alias
+import mender_upgrade.sandbox.integration_fixture as fx
+from mender_upgrade.tasks import repository as r
+from mender_upgrade.tasks.storage_alias import AllowedHostsNotEditable, allow_storage_host, find_storage_alias
 from tests.unit.test_prod_yaml import golden
 
 UPSTREAM = Path(__file__).parent / "golden" / "upstream"

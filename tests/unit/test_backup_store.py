@@ -10,11 +10,11 @@ import stat
 
 import pytest
 
-from tasks.backup import (BackupObject, Manifest, ManifestUntrusted, SigningKeyUnusable, list_backups,
+from mender_upgrade.tasks.backup import (BackupObject, Manifest, ManifestUntrusted, SigningKeyUnusable, list_backups,
                           load_signing_key, mark_in_use, prune_backups, read_manifest)
-from tasks.errors import UpgradeError
-from tasks.settings import BackupSettings
-from tasks.store import LocalStore, TargetRefused, parse_target
+from mender_upgrade.tasks.errors import UpgradeError
+from mender_upgrade.tasks.settings import BackupSettings
+from mender_upgrade.tasks.store import LocalStore, TargetRefused, parse_target
 
 
 def _settings(tmp_path) -> BackupSettings:

@@ -1,7 +1,7 @@
 """tasks/cleanup.py and `mender-upgrade cleanup` against the real MongoDB-wire stand-in.
 
 Two stand-in servers (tests/standins/mongo, Python 3.13 venv) run as subprocesses on
-127.0.0.1, one per deviceauth layout; every test re-seeds its server with `sandbox.seed`,
+127.0.0.1, one per deviceauth layout; every test re-seeds its server with `mender_upgrade.sandbox.seed`,
 whose summary (which ids are valid, which are leftovers) is the oracle. No Docker, no mocks
 of MongoDB.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Before anything imports prefect (tasks.cleanup does): no results in ~/.prefect, no telemetry.
+# Before anything imports prefect (mender_upgrade.tasks.cleanup does): no results in ~/.prefect, no telemetry.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -31,11 +31,11 @@ import pytest  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from sandbox.seed import SeedSummary, seed_mongo  # noqa: E402
-from tasks import cleanup, steps  # noqa: E402
-from tasks.errors import TransientError, UpgradeError, retry_on_transient  # noqa: E402
-from tasks.mongo import MongoUnreachable  # noqa: E402
-from tasks.store import ChecksumMismatch, LocalStore  # noqa: E402
+from mender_upgrade.sandbox.seed import SeedSummary, seed_mongo  # noqa: E402
+from mender_upgrade.tasks import cleanup, steps  # noqa: E402
+from mender_upgrade.tasks.errors import TransientError, UpgradeError, retry_on_transient  # noqa: E402
+from mender_upgrade.tasks.mongo import MongoUnreachable  # noqa: E402
+from mender_upgrade.tasks.store import ChecksumMismatch, LocalStore  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -423,7 +423,7 @@ def test_verify_catches_remaining_leftovers_and_lost_valid_documents(per_tenant)
 
 
 def test_unreachable_mongo_fails_fast_naming_no_secret(tmp_path):
-    from flows.cli import app
+    from mender_upgrade.flows.cli import app
     url = f"mongodb://admin:s3cr3t@127.0.0.1:{free_port()}/"
     started = time.monotonic()
     result = CliRunner().invoke(app, ["cleanup", "--mongo-url", url, "--apply", "--yes",
@@ -442,7 +442,7 @@ def test_unreachable_mongo_fails_fast_naming_no_secret(tmp_path):
 
 
 def _run(*args: str, input: str | None = None):
-    from flows.cli import app
+    from mender_upgrade.flows.cli import app
     result = CliRunner().invoke(app, ["cleanup", *args], input=input)
     return result, " ".join(result.output.split())
 

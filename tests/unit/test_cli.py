@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flows.cli import app
+from mender_upgrade.flows.cli import app
 
 CLI = Path(sys.executable).parent / "mender-upgrade"
 
@@ -101,7 +101,7 @@ def test_the_installed_command_uses_stderr_and_the_exit_codes(tmp_path: Path) ->
 
 def test_a_question_answered_no_is_stopped_and_exit_codes_pass_through() -> None:
     # Typer >= 0.23 raises its own click's classes (typer.Abort, typer.Exit), not `click`'s.
-    from flows.cli.errors import EXIT_STOPPED, HandledGroup
+    from mender_upgrade.flows.cli.errors import EXIT_STOPPED, HandledGroup
     probe = typer.Typer(cls=HandledGroup)
 
     @probe.command()

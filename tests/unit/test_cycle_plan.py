@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.containers import CyclePlan, RunningService, is_mender_image, plan_cycle
+from mender_upgrade.tasks.containers import CyclePlan, RunningService, is_mender_image, plan_cycle
 
 SERVICES = ["mender-api-gateway", "mender-deployments", "mender-mongo", "mender-nats", "minio"]
 IMAGES = {"mender-api-gateway": "traefik:v2.4", "mender-deployments": "mendersoftware/deployments:mender-2.7.2",

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from tasks.delta import LISTING_FORMAT, Entry, ListingUnreadable, compare_listings, merge_digest, parse_listing
-from tasks.volumes import TarDigest, UnsafeArchive, removal_batches
+from mender_upgrade.tasks.delta import LISTING_FORMAT, Entry, ListingUnreadable, compare_listings, merge_digest, parse_listing
+from mender_upgrade.tasks.volumes import TarDigest, UnsafeArchive, removal_batches
 
 
 def _entry(kind="f", size=1, mtime="1.0", ctime="1.0", inode=1, link="") -> Entry:

@@ -7,7 +7,7 @@ import pytest
 import requests
 from pymongo.errors import AutoReconnect
 
-from tasks.errors import DockerUnavailable, MongoFailed, TransientError, typed_outside_errors
+from mender_upgrade.tasks.errors import DockerUnavailable, MongoFailed, TransientError, typed_outside_errors
 
 
 @pytest.mark.parametrize("raised,typed,words", [

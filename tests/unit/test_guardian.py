@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from flows.guardian import QuietGuard
-from flows.report import RunReport
-from tasks.settings import load_settings
+from mender_upgrade.flows.guardian import QuietGuard
+from mender_upgrade.flows.report import RunReport
+from mender_upgrade.tasks.settings import load_settings
 
 
 class _Undo:

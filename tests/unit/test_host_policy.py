@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.host_policy import (HOST_FILE_ENV, HostFileUnsafe, ParametersWiden, SecretInParameters, load_host_policy, narrow,
+from mender_upgrade.tasks.host_policy import (HOST_FILE_ENV, HostFileUnsafe, ParametersWiden, SecretInParameters, load_host_policy, narrow,
                                settings_for_run)
-from tasks.settings import load_settings
+from mender_upgrade.tasks.settings import load_settings
 
 HOST_TOML = """\
 host_id = "mender-prod-1"
@@ -136,7 +136,7 @@ def test_a_path_chosen_through_the_environment_must_exist(tmp_path, monkeypatch)
 
 def test_without_a_host_file_only_a_local_run_proceeds(monkeypatch):
     monkeypatch.delenv(HOST_FILE_ENV, raising=False)
-    monkeypatch.setattr("tasks.host_policy.DEFAULT_HOST_FILE", Path("/nonexistent/mender-upgrade/host.toml"))
+    monkeypatch.setattr("mender_upgrade.tasks.host_policy.DEFAULT_HOST_FILE", Path("/nonexistent/mender-upgrade/host.toml"))
     run = load_settings({"approval": {"require_approval": False}})
     effective, warnings = settings_for_run(run, started_through_api=False)
     assert effective is run and "no host file" in warnings[0]

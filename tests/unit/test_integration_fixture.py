@@ -12,8 +12,8 @@ import git
 import pytest
 import yaml
 
-from sandbox import integration_fixture as fx
-from sandbox.releases import BROKEN_VERSION, FIXTURE_TAGS, IGNORED_TAGS, Release, all_fixture_tags
+from mender_upgrade.sandbox import integration_fixture as fx
+from mender_upgrade.sandbox.releases import BROKEN_VERSION, FIXTURE_TAGS, IGNORED_TAGS, Release, all_fixture_tags
 
 STABLE = all_fixture_tags()
 

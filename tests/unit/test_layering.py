@@ -44,7 +44,7 @@ MODULES = sorted(TASKS.glob("*.py"))
 
 def test_the_check_sees_the_modules_and_both_kinds_of_import():
     assert len(MODULES) > 20
-    tree = ast.parse("import flows.upgrade\nfrom deployments import definitions\n"
+    tree = ast.parse("import mender_upgrade.flows.upgrade\nfrom deployments import definitions\n"
                      "def f():\n    from mender_upgrade.flows.report import RunReport\n"
                      "@task(name='x')\ndef g(): pass\n")
     assert [_layer(m) for _, m in _imported_modules(tree)] == ["flows", "deployments", "flows"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.mongo_upgrade import MongoHopRefused, check_mongo_hop, cpu_has_avx
+from mender_upgrade.tasks.mongo_upgrade import MongoHopRefused, check_mongo_hop, cpu_has_avx
 
 
 def test_one_major_with_matching_fcv_and_avx_is_allowed():

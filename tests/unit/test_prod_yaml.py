@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import sandbox.integration_fixture as fx
-from tasks.storage_alias import StorageAliasNotFound, find_storage_alias, patch_storage_alias
-from tasks.template_carry import carry_template_changes, placeholder_values, template_drift
-from tasks.yaml_edit import MISSING, ProdYamlError, delete_key, insert_key, replace_value
+import mender_upgrade.sandbox.integration_fixture as fx
+from mender_upgrade.tasks.storage_alias import StorageAliasNotFound, find_storage_alias, patch_storage_alias
+from mender_upgrade.tasks.template_carry import carry_template_changes, placeholder_values, template_drift
+from mender_upgrade.tasks.yaml_edit import MISSING, ProdYamlError, delete_key, insert_key, replace_value
 
 GOLDEN = Path(__file__).parent / "golden"
 ALIAS = fx.OPERATOR_STORAGE_HOST

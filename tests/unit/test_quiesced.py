@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backup import quiesced
-from tasks.errors import ComposeCommandFailed
-from tasks.errors import TransientError
+from mender_upgrade.tasks.backup import quiesced
+from mender_upgrade.tasks.errors import ComposeCommandFailed
+from mender_upgrade.tasks.errors import TransientError
 
 
 def _integration(tmp_path: Path, fail_on: str) -> Path:

@@ -8,10 +8,10 @@ import git
 import pytest
 import yaml
 
-from sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
-from sandbox.processes import SandboxError
-from sandbox.real_upstream import clone_operator, operator_prod_yml
-from sandbox.standin_catalogue import compose_images, infra_recipe, mender_service, missing_standins
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
+from mender_upgrade.sandbox.processes import SandboxError
+from mender_upgrade.sandbox.real_upstream import clone_operator, operator_prod_yml
+from mender_upgrade.sandbox.standin_catalogue import compose_images, infra_recipe, mender_service, missing_standins
 from tests.sandbox.test_real_stack import REAL_UPSTREAM, needs_upstream
 
 

@@ -10,16 +10,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.report import RunReport
-from flows.upgrade import approval_description
-from tasks.containers import run_compose
-from tasks.errors import ComposeCommandFailed
-from tasks.redaction import MASK, parse_error_position, scrub
-from tasks.repository import HopReview, OriginUnreachable, fetch_tags
-from tasks.settings import load_settings
-from tasks.template_carry import template_drift
-from tasks.yaml_edit import ProdYamlError
+from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.report import RunReport
+from mender_upgrade.flows.upgrade import approval_description
+from mender_upgrade.tasks.containers import run_compose
+from mender_upgrade.tasks.errors import ComposeCommandFailed
+from mender_upgrade.tasks.redaction import MASK, parse_error_position, scrub
+from mender_upgrade.tasks.repository import HopReview, OriginUnreachable, fetch_tags
+from mender_upgrade.tasks.settings import load_settings
+from mender_upgrade.tasks.template_carry import template_drift
+from mender_upgrade.tasks.yaml_edit import ProdYamlError
 
 SECRET = "sup3r-s3cret-minio-key"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.report import RunReport, unavailability_parts
+from mender_upgrade.flows.report import RunReport, unavailability_parts
 
 
 def test_unavailability_line_round_trips():

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import sandbox.integration_fixture as fx
-from flows.cli import app
-from tasks import repository as r
-from tasks.errors import ComposeCommandFailed
+import mender_upgrade.sandbox.integration_fixture as fx
+from mender_upgrade.flows.cli import app
+from mender_upgrade.tasks import repository as r
+from mender_upgrade.tasks.errors import ComposeCommandFailed
 
 PROD = r.PROD_YML
 HOSTILE = ["3.0.0; rm -rf /", "../x", "--upload-pack=x", "", "2.7", " 2.7.2", "2.7.2\n", "refs/tags/2.7.2",

@@ -9,9 +9,9 @@ from pathlib import Path
 import git
 import pytest
 
-import sandbox.integration_fixture as fx
-from tasks import repository as r
-from tasks import rollback
+import mender_upgrade.sandbox.integration_fixture as fx
+from mender_upgrade.tasks import repository as r
+from mender_upgrade.tasks import rollback
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tasks.run_record import Outcome, artifact_key, description, parse_description, report_key
+from mender_upgrade.tasks.run_record import Outcome, artifact_key, description, parse_description, report_key
 
 UPGRADE_FLOW = Path(__file__).resolve().parents[2] / "flows" / "upgrade.py"
 

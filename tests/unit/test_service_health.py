@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import service_health as sh
-from tasks.containers import ServiceState, _not_serving, _probe
+from mender_upgrade.tasks import service_health as sh
+from mender_upgrade.tasks.containers import ServiceState, _not_serving, _probe
 
 
 @pytest.mark.parametrize("service, labels, expected", [

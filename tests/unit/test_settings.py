@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.settings import ConfigInvalid, UpgradeSettings, load_settings
+from mender_upgrade.flows.cli import app
+from mender_upgrade.tasks.settings import ConfigInvalid, UpgradeSettings, load_settings
 
 WRONG = [
     ({"target_version": "3.0.0; rm -rf /"}, "target_version: must match"),

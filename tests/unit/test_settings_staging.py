@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import ConfigInvalid, StagingPolicy, load_settings
+from mender_upgrade.tasks.settings import ConfigInvalid, StagingPolicy, load_settings
 
 
 def test_defaults_require_nothing_and_push_nowhere() -> None:

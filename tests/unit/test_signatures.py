@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.approvals import Binding, UpgradeApproval, judge
-from tasks.signatures import SignatureInvalid, approval_payload, plan_digest, sign, verify
+from mender_upgrade.flows.approvals import Binding, UpgradeApproval, judge
+from mender_upgrade.tasks.signatures import SignatureInvalid, approval_payload, plan_digest, sign, verify
 
 RUN = "0b7e4a55-5b43-4a59-9d0f-2f4b1f0c1e11"
 DIGEST = plan_digest("mender-prod-1", "2.6.4", "2.7.2", ["2.7.2"], ["--- a/prod.yml\n+++ b/prod.yml\n"])

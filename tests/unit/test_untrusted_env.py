@@ -7,9 +7,9 @@ from pathlib import Path
 import git
 import pytest
 
-from tasks.preflight import _target_verify_script
-from tasks.redaction import untrusted_environment
-from tasks.repository import check_compose_config
+from mender_upgrade.tasks.preflight import _target_verify_script
+from mender_upgrade.tasks.redaction import untrusted_environment
+from mender_upgrade.tasks.repository import check_compose_config
 
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0001",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.releases import IGNORED_TAGS, all_fixture_tags
-from tasks.versions import Version, mongo_major, plan_upgrade_path, stable_versions
+from mender_upgrade.sandbox.releases import IGNORED_TAGS, all_fixture_tags
+from mender_upgrade.tasks.versions import Version, mongo_major, plan_upgrade_path, stable_versions
 
 TAGS = all_fixture_tags() + IGNORED_TAGS
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from tasks.volumes import (InstallationVolumes, UnknownVolume, UnsafeArchive, checked_tar_chunks, digest_tar,
+from mender_upgrade.tasks.volumes import (InstallationVolumes, UnknownVolume, UnsafeArchive, checked_tar_chunks, digest_tar,
                            external_volumes, restore_volume, safe_member)
 
 

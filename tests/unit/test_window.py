@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.settings import MaintenanceWindow
-from tasks.window import WindowClosed, require_time_for_downtime, seconds_left, window_bounds
+from mender_upgrade.tasks.settings import MaintenanceWindow
+from mender_upgrade.tasks.window import WindowClosed, require_time_for_downtime, seconds_left, window_bounds
 
 UTC = timezone.utc
 
@@ -51,7 +51,7 @@ def test_window_not_open_yet():
 
 
 def test_quiet_period_estimate_from_measured_rates_and_previous_runs():
-    from tasks.window import estimate_quiet_period_s
+    from mender_upgrade.tasks.window import estimate_quiet_period_s
     previous = [{"dump": 4.0, "delta": 1.0, "merge": 2.0, "cycle": 10.0, "gate": 5.0, "other": 1.0},
                 {"dump": 9.0, "delta": 3.0, "cycle": 12.0, "gate": 6.0}]
     # the previous dump's 300 MiB at the pre-copy's 100 MiB/s, plus the slowest rest (21 s)
