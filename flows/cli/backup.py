@@ -57,7 +57,7 @@ def backup(config: Path = CONFIG, integration: Path = INTEGRATION, target: str =
                                    mode=s.backup.mode.value, keep_last=s.backup.keep_last,
                                    writers=s.writer_services, project=s.compose_project, log=dim,
                                    progress=_Bytes(progress, "backup and verify"))
-    console.print(f"verified backup: {m.target}/{m.key}")
+    console.print(f"verified backup: {m.target}/{m.key}", markup=False, soft_wrap=True)  # one line: a URI to copy whole
 
 
 def restore(manifest: str = typer.Option(..., "--manifest", help="URI of the backup's manifest.json"),

@@ -126,9 +126,9 @@ def cleanup_command(
     console.print(_report_table(report))
     if report.receipt:
         console.print(f"saved: {report.receipt.target}/{report.receipt.key} sha256 {report.receipt.sha256}",
-                      markup=False)
+                      markup=False, soft_wrap=True)  # one line: a URI and a command to copy whole
         where = f"--config {config} " if config else ""  # its host_id names the namespace the copy is in
         console.print(f"undo: mender-upgrade cleanup --restore {report.receipt.key} {where}--target {backup.target}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
     console.print(f"verified: 0 leftovers remain, {sum(report.deleted.values())} document(s) deleted, "
                   "every other document kept")
