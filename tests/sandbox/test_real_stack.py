@@ -76,9 +76,7 @@ def _check_operator_clone(sb: stack.Sandbox, version: str) -> None:
 
 
 @needs_upstream
-# 3.6.5 and 3.7.11 have stand-ins for every image their files name but have not yet been seen
-# running here; they join this list once they have.
-@pytest.mark.parametrize("version", ["2.6.4", "2.7.2", "3.0.2"])
+@pytest.mark.parametrize("version", ["2.6.4", "2.7.2", "3.0.2", "3.6.5", "3.7.11"])
 def test_real_release_runs_and_serves(real_upstream, version):
     sb = stack.up(version)
     try:
