@@ -78,6 +78,7 @@ def _tag_broken_release(integration: Path) -> str:
 
 
 @needs_upstream
+@pytest.mark.real_extended  # ~400 s: the fixture's fault matrix runs the same case on every suite run
 def test_real_files_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, real_upstream):  # noqa: F811
     sb = stack.up("2.6.4")
     try:
