@@ -20,7 +20,8 @@ from prefect.runtime import flow_run
 from mender_upgrade.flows.approvals import Binding, ask_approval
 from mender_upgrade.flows.report import RunReport, publish
 from mender_upgrade.flows.runner import _form_defaults, answer_for, approve, history, report_markdown
-from mender_upgrade.flows.upgrade import _approve, _now
+from mender_upgrade.flows.upgrade import RunEnded, _approve, _now
+from mender_upgrade.tasks.run_record import Outcome
 from mender_upgrade.tasks.settings import load_settings
 from mender_upgrade.tasks.signatures import plan_digest
 from tests.unit.test_signatures import keys  # noqa: F401 (fixture)
@@ -41,8 +42,11 @@ def upgrade_gate_probe(signers: str) -> None:
     settings = load_settings({"host_id": "gate-probe", "approval": {"require_signed": True, "allowed_signers": signers}})
     report = RunReport(host="gate-probe", run_id=str(flow_run.id), current="2.6.4", target="2.7.2", hops=["2.7.2"],
                        plan_digest=DIGEST)
-    if _approve(report, "plan", "## probe", settings, 1, _now()):
-        report.outcome = "completed"
+    try:  # as upgrade_mender ends a run: a no at the gate raises RunEnded
+        _approve(report, "plan", "## probe", settings, 1, _now())
+        report.outcome = Outcome.COMPLETED
+    except RunEnded as ended:
+        report.outcome, report.reason = ended.outcome, ended.reason
     publish(report)
 
 
