@@ -64,7 +64,13 @@ def everything_recorded(run_id: str) -> tuple[int, str]:
     """(log line count, text of every log line, artifact, state message, stored parameter, run
     input (approval forms and answers) and event about the run) of a run."""
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
+        logs: list = []
+        while True:  # every page: a real-files run logs more than the server's default page of 200
+            page_of_logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])),
+                                            limit=200, offset=len(logs))
+            logs += page_of_logs
+            if len(page_of_logs) < 200:
+                break
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
         run = client.read_flow_run(UUID(run_id))
         inputs = client.filter_flow_run_input(UUID(run_id), key_prefix="", limit=1000, exclude_keys=set())

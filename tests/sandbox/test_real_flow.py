@@ -18,6 +18,7 @@ from mender_upgrade.tasks.containers import project_states, run_compose
 from mender_upgrade.tasks.mongo import server_info
 from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
+from tests.test_serve_shutdown import wait_for
 from tests.sandbox.test_real_stack import _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.sandbox
@@ -53,9 +54,12 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
             assert hashlib.sha256(body).hexdigest() == hashlib.sha256(content).hexdigest()
         # The last hop's gate reached storage through the gateway under the storage name (before
         # it the gateway stays closed: one quiet period, no smoke through it).
-        _, recorded = everything_recorded(run_id)
-        storage_checks = [ln for ln in recorded.splitlines() if ln.startswith("gateway: artifact storage")]
-        assert len(storage_checks) == 1 and all(ln.endswith(", ok") for ln in storage_checks), storage_checks
+        def storage_checks() -> list[str] | None:  # the run's logs reach the server asynchronously
+            lines = [ln for ln in everything_recorded(run_id)[1].splitlines()
+                     if ln.startswith("gateway: artifact storage")]
+            return lines or None
+        checks = wait_for(storage_checks, 60, "the gate's storage smoke in the run's logs")
+        assert len(checks) == 1 and all(ln.endswith(", ok") for ln in checks), checks
         assert "**completed**" in report
     finally:
         stack.down()
