@@ -10,13 +10,15 @@ import pytest
 from botocore.exceptions import ClientError
 
 from mender_upgrade.sandbox import stack
-from mender_upgrade.tasks.backup import DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups, read_manifest
+from mender_upgrade.tasks.backup import MONGO_OBJECT, DumpFailed, Manifest, dump_mongo_to_store, ensure_verified_backup, list_backups, prune_backups, read_manifest
 from mender_upgrade.tasks.containers import project_states, wait_until_healthy
 from mender_upgrade.tasks.backup import OtherHostsBackup
 from mender_upgrade.tasks.restore import restore_backup, restore_drill
 from mender_upgrade.tasks.settings import BackupSettings
 from mender_upgrade.tasks.store import BucketNotImmutable
+from mender_upgrade.sandbox.s3 import S3_PORT
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot, started_at
+from tests.sandbox.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.sandbox
 
@@ -150,6 +152,43 @@ def test_writers_are_running_services_of_the_current_configuration(sandbox):
             container.remove(force=True, v=True)
         sandbox.client.containers.get(inventory).start()
     wait_until_healthy(sandbox.client, sorted(configured), timeout=60, stability_window=0)
+
+
+def test_a_failed_restart_after_a_failed_backup_keeps_the_backups_error(sandbox, s3_settings):
+    """Both failures for real: S3 goes away as the dump's upload starts (a TCP proxy cuts every
+    connection), and the stopped writers' containers are gone by then, so the operator's
+    `./run start` fails (compose: no containers to start). The backup's failure stays the error
+    (its type decides retries), the restart's is added to it, not put in its place."""
+    from mender_upgrade.tasks.backup import writer_services
+    from mender_upgrade.tasks.containers import run_compose
+    from mender_upgrade.tasks.store import StoreUnreachable
+    writers = writer_services(sandbox.client, sandbox.integration)
+    removed: list[str] = []
+
+    def remove_stopped_writers_then_cut() -> None:
+        for service in writers:
+            container = sandbox.client.containers.get(project_states(sandbox.client)[service].container_id)
+            assert container.status == "exited", f"{service} not stopped for the dump"
+            container.remove(v=True)
+            removed.append(service)
+        proxy.cut()
+
+    proxy = FaultProxy(S3_PORT, outage_s=3600, on_request=([b"PUT ", MONGO_OBJECT.encode()],
+                                                            remove_stopped_writers_then_cut))
+    store = s3_settings.model_copy(update={"endpoint_url": proxy.url}).open_store("sandbox-host")
+    try:
+        with pytest.raises(StoreUnreachable) as err:
+            _backup(sandbox, store, writers=writers)
+    finally:
+        proxy.close()
+        run_compose(sandbox.integration, ["up", "-d"])  # what the operator does next
+    assert removed == writers, "the fault was never injected"
+    message = err.value.message
+    restart = f"; starting the writers again ({', '.join(writers)}) failed too: `./run start"
+    assert restart in message and message.index(restart) > 0, message
+    assert "No containers to start" in message, message
+    assert err.value.hint and "./run start" not in err.value.hint  # the first error's own advice
+    wait_until_healthy(sandbox.client, list(project_states(sandbox.client)), timeout=60, stability_window=0)
 
 
 def test_retention_keeps_the_newest_verified(sandbox, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 import requests
 from pymongo.errors import AutoReconnect
 
-from mender_upgrade.tasks.errors import DockerUnavailable, MongoFailed, TransientError, typed_outside_errors
+from mender_upgrade.tasks.errors import (ComposeCommandFailed, DockerUnavailable, MongoFailed, TransientError,
+                                         also_failed, typed_outside_errors)
 
 
 @pytest.mark.parametrize("raised,typed,words", [
@@ -34,3 +35,16 @@ def test_other_errors_pass_unchanged():
 
     with pytest.raises(KeyError):
         plan_task()
+
+
+def test_also_failed_keeps_the_first_error_and_names_the_clean_up():
+
+    first = TransientError("S3 timed out", "check the endpoint")
+    also_failed(first, "starting the writers again (mender-useradm)", ComposeCommandFailed("`./run start` failed"))
+    assert first.message == ("S3 timed out; starting the writers again (mender-useradm) failed too: "
+                             "`./run start` failed")
+    assert str(first).startswith(first.message) and first.hint == "check the endpoint"
+    library = KeyError("manifest")  # not ours: its type and text stay, the clean-up goes in a note
+    also_failed(library, "starting the writers again", RuntimeError("no engine"))
+    assert library.args == ("manifest",)
+    assert library.__notes__ == ["starting the writers again failed too: no engine"]
