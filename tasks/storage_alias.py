@@ -14,9 +14,10 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from mender_upgrade.tasks.errors import UpgradeError
-from mender_upgrade.tasks.yaml_edit import (MISSING, Path, ProdYamlError, _get, _indent, _load, _next_sibling, _plain, _render,
-                             _scalar_text, _step, _template_key_lines, append_item, delete_key, insert_key,
-                             replace_item, replace_value)
+from mender_upgrade.tasks.yaml_edit import (MISSING, Path, ProdYamlError, append_item, delete_key, indent_of,
+                                            indent_step, insert_key, load_document, next_sibling, plain,
+                                            render_key, replace_item, replace_value, scalar_text,
+                                            template_key_lines, value_at)
 
 STORAGE_PLACEHOLDER = "set-my-alias-here.com"
 GATEWAY_PLACEHOLDER = "my-gateway-dns-name"
@@ -71,7 +72,7 @@ def _aliases(service: object) -> list[str]:
 def find_storage_alias(text: str) -> str | None:
     """The storage DNS name devices use: storage-proxy's network alias, else the gateway's (2.7+
     layout), else the host of DEPLOYMENTS_AWS_EXTERNAL_URI / DEPLOYMENTS_AWS_URI."""
-    services = _plain(_load(text)).get("services") or {}
+    services = plain(load_document(text)).get("services") or {}
     candidates = [*_aliases(services.get(STORAGE_PROXY)), *_aliases(services.get(GATEWAY))]
     env = _env(services.get(DEPLOYMENTS))
     candidates += [str(env[k]) for k in ("DEPLOYMENTS_AWS_EXTERNAL_URI", "DEPLOYMENTS_AWS_URI") if env.get(k)]
@@ -127,9 +128,9 @@ def _gateway_volumes(services: dict, template_volumes: list[str]) -> list[str] |
 
 def _alias_lines(key: str, value: object, alias: str, step: int) -> list[str]:
     """`key: value` rendered, with a comment above the alias saying what it is."""
-    lines = _render(key, value, 0, step)
-    at = next(i for i, line in enumerate(lines) if line.strip() == f"- {_scalar_text(alias)}")
-    lines.insert(at, " " * _indent(lines[at]) + ALIAS_COMMENT)
+    lines = render_key(key, value, 0, step)
+    at = next(i for i, line in enumerate(lines) if line.strip() == f"- {scalar_text(alias)}")
+    lines.insert(at, " " * indent_of(lines[at]) + ALIAS_COMMENT)
     return lines
 
 
@@ -147,10 +148,10 @@ def _add_alias(text: str, path: Path, aliases: list[object], alias: str) -> str:
 def _patch_gateway_networks(text: str, alias: str, template_data: dict) -> str:
     """The gateway on network `mender` with `alias`, turning the `- mender` list form into the
     mapping form and keeping any other networks and aliases."""
-    root = _load(text)
-    data = _plain(root)
+    root = load_document(text)
+    data = plain(root)
     path = ("services", GATEWAY, "networks")
-    networks = _get(data, path)
+    networks = value_at(data, path)
     mender = networks.get("mender") if isinstance(networks, dict) else None
     aliases = mender.get("aliases") if isinstance(mender, dict) else None
     if isinstance(aliases, list) and aliases:
@@ -166,17 +167,17 @@ def _patch_gateway_networks(text: str, alias: str, template_data: dict) -> str:
         target, value = path, {n: ({"aliases": [alias]} if n == "mender" else None) for n in names}
     else:
         target, value = path, {"mender": {"aliases": [alias]}}
-    lines = _alias_lines(target[-1], value, alias, _step(root))
-    if _get(data, target) is MISSING:
-        parent = cast(dict, _get(data, target[:-1]))  # a mapping: the gateway, its networks or their `mender`
-        before = _next_sibling(template_data, target, parent)
+    lines = _alias_lines(target[-1], value, alias, indent_step(root))
+    if value_at(data, target) is MISSING:
+        parent = cast(dict, value_at(data, target[:-1]))  # a mapping: the gateway, its networks or their `mender`
+        before = next_sibling(template_data, target, parent)
         return insert_key(text, target, value, lines, before=before)
     return replace_value(text, target, value, lines)
 
 
 def _drop_storage_port(text: str, alias: str) -> str:
     """DEPLOYMENTS_AWS_URI without `:9000` when it names the storage host (2.7 serves 443 only)."""
-    env = _service(_plain(_load(text))["services"], DEPLOYMENTS).get("environment")
+    env = _service(plain(load_document(text))["services"], DEPLOYMENTS).get("environment")
     path = ("services", DEPLOYMENTS, "environment")
     if isinstance(env, dict) and isinstance(env.get("DEPLOYMENTS_AWS_URI"), str):
         fixed = _without_port(env["DEPLOYMENTS_AWS_URI"], alias)
@@ -221,12 +222,12 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
     if bare_host(alias) != alias:
         raise StorageAliasNotFound(f"{alias!r} is not a bare DNS name",
                                    "give the host name only, without scheme or port (e.g. s3.example.com)")
-    services = _plain(_load(text)).get("services")
+    services = plain(load_document(text)).get("services")
     if not isinstance(services, dict) or not isinstance(services.get(GATEWAY), dict):
         raise ProdYamlError("prod.yml has no mender-api-gateway override",
                             "copy the mender-api-gateway section of the new prod.yml.template into prod.yml")
-    template_data = _plain(_load(template, "the template"))
-    template_gateway = _get(template_data, ("services", GATEWAY))
+    template_data = plain(load_document(template, "the template"))
+    template_gateway = value_at(template_data, ("services", GATEWAY))
     template_gateway = template_gateway if isinstance(template_gateway, dict) else {}
     volumes = _gateway_volumes(services, [str(m) for m in template_gateway.get("volumes") or []])
 
@@ -234,18 +235,18 @@ def patch_storage_alias(text: str, template: str, alias: str | None = None) -> s
         text = delete_key(text, ("services", STORAGE_PROXY))
     text = _patch_gateway_networks(text, alias, template_data)
     text = _drop_storage_port(text, alias)
-    gateway = _plain(_load(text))["services"][GATEWAY]
+    gateway = plain(load_document(text))["services"][GATEWAY]
     if "command" not in gateway and "command" in template_gateway:
         path = ("services", GATEWAY, "command")
-        lines = _template_key_lines(template, path, True, _step(_load(text)))
+        lines = template_key_lines(template, path, True, indent_step(load_document(text)))
         text = insert_key(text, path, template_gateway["command"], lines,
-                          before=_next_sibling(template_data, path, gateway))
+                          before=next_sibling(template_data, path, gateway))
     path = ("services", GATEWAY, "volumes")
     if volumes and gateway.get("volumes", MISSING) != volumes:
         if "volumes" in gateway:
             text = replace_value(text, path, volumes)
         else:
-            text = insert_key(text, path, volumes, before=_next_sibling(template_data, path, gateway))
+            text = insert_key(text, path, volumes, before=next_sibling(template_data, path, gateway))
     return text
 
 
@@ -280,7 +281,7 @@ def allow_storage_host(text: str, alias: str) -> str:
     The map form (`ALLOWED_HOSTS: "a,b"`, quotes kept) and the list form (`- ALLOWED_HOSTS=a,b`)
     are edited in place; a value that is not in prod.yml (`${VAR}`, an env_file) is refused
     with the exact line to add. Running it again changes nothing."""
-    gateway = _service(_plain(_load(text)).get("services") or {}, GATEWAY)
+    gateway = _service(plain(load_document(text)).get("services") or {}, GATEWAY)
     env, path = gateway.get("environment"), ("services", GATEWAY, "environment")
     list_form = isinstance(env, list)
     if isinstance(env, dict) and env.get(ALLOWED_HOSTS) is not None:

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from mender_upgrade.tasks.storage_alias import PLACEHOLDERS, STORAGE_PLACEHOLDER, find_storage_alias
-from mender_upgrade.tasks.yaml_edit import (MISSING, Path, _checked, _get, _is_comment, _load, _Missing, _next_sibling, _plain, _span,
-                             _split, _step, _template_key_lines, delete_key, insert_key, replace_value)
+from mender_upgrade.tasks.yaml_edit import (MISSING, Missing, Path, checked_edit, delete_key, indent_step,
+                                            insert_key, is_comment, key_span, load_document, next_sibling,
+                                            plain, replace_value, split_lines, template_key_lines, value_at)
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,13 @@ def _bind(template: object, current: object, bound: dict[str, str]) -> None:
 
 def placeholder_values(text: str, *templates: str) -> dict[str, str]:
     """The operator's values of the template placeholders (storage alias, gateway name)."""
-    current = _plain(_load(text))
+    current = plain(load_document(text))
     bound: dict[str, str] = {}
     alias = find_storage_alias(text)
     if alias:
         bound[STORAGE_PLACEHOLDER] = alias
     for template in templates:
-        _bind(_plain(_load(template, "the template")), current, bound)
+        _bind(plain(load_document(template, "the template")), current, bound)
     return bound
 
 
@@ -123,7 +124,7 @@ def _fill(value: object, bound: dict[str, str]) -> object:
 def _fill_lines(lines: list[str], bound: dict[str, str]) -> list[str]:
     out = []
     for line in lines:
-        if not _is_comment(line):
+        if not is_comment(line):
             for placeholder, actual in bound.items():
                 line = line.replace(placeholder, actual)
         out.append(line)
@@ -134,11 +135,11 @@ def _units(old: object, new: object, cur: object, path: Path = ()) -> Iterator[t
     """The keys to decide on: where the two templates differ, as deep as all three are mappings."""
     if old == new:
         return
-    if isinstance(cur, dict) and isinstance(old, (dict, _Missing)) and isinstance(new, (dict, _Missing)):
+    if isinstance(cur, dict) and isinstance(old, (dict, Missing)) and isinstance(new, (dict, Missing)):
         keys = list(new) if isinstance(new, dict) else []
         keys += [k for k in (old if isinstance(old, dict) else {}) if k not in keys]
         for key in keys:
-            yield from _units(_get(old, (key,)), _get(new, (key,)), cur.get(key, MISSING), (*path, key))
+            yield from _units(value_at(old, (key,)), value_at(new, (key,)), cur.get(key, MISSING), (*path, key))
         return
     yield path, old, new, cur
 
@@ -173,10 +174,10 @@ def template_drift(text: str, old_template: str, new_template: str, *, removed_s
                    path_exists: Callable[[str], bool] | None = None) -> list[TemplateChange]:
     """Keys of prod.yml whose template counterpart changed or disappeared between the two
     templates, each with what carrying over would do; overrides of `removed_services` first."""
-    cur = _plain(_load(text))
-    old, new = _plain(_load(old_template, "the old template")), _plain(_load(new_template, "the new template"))
+    cur = plain(load_document(text))
+    old, new = plain(load_document(old_template, "the old template")), plain(load_document(new_template, "the new template"))
     services = cur.get("services") if isinstance(cur, dict) else None
-    changes = [TemplateChange(("services", name), _get(old, ("services", name)), MISSING, services[name],
+    changes = [TemplateChange(("services", name), value_at(old, ("services", name)), MISSING, services[name],
                               "removed-service", "the new release's compose files do not define it")
                for name in removed_services if isinstance(services, dict) and name in services]
     bound = placeholder_values(text, old_template, new_template)
@@ -193,38 +194,38 @@ def _apply(text: str, change: TemplateChange, new_template: str, bound: dict[str
     path = change.path
     if change.status == "removed-service" or change.new is MISSING:
         return delete_key(text, path)
-    new_data = _plain(_load(new_template, "the new template"))
-    step = _step(_load(text))
+    new_data = plain(load_document(new_template, "the new template"))
+    step = indent_step(load_document(text))
     if change.current is MISSING:
-        lines = _fill_lines(_template_key_lines(new_template, path, True, step) or [], bound)
-        present = cast(dict, _get(_plain(_load(text)), path[:-1]))  # a mapping: insert_key needs the parent
-        return insert_key(text, path, change.new, lines, before=_next_sibling(new_data, path, present))
-    lines = _fill_lines(_template_key_lines(new_template, path, False, step) or [], bound)
+        lines = _fill_lines(template_key_lines(new_template, path, True, step) or [], bound)
+        present = cast(dict, value_at(plain(load_document(text)), path[:-1]))  # a mapping: insert_key needs the parent
+        return insert_key(text, path, change.new, lines, before=next_sibling(new_data, path, present))
+    lines = _fill_lines(template_key_lines(new_template, path, False, step) or [], bound)
     return replace_value(text, path, change.new, lines)
 
 
 def _refresh_comments(text: str, path: Path, old_template: str, new_template: str) -> str:
     """The new template's comments above the key at `path`, where prod.yml still has the old
     template's comments there (they would describe the old value)."""
-    old_lines = _template_key_lines(old_template, path, True) or []
-    new_lines = _template_key_lines(new_template, path, True) or []
+    old_lines = template_key_lines(old_template, path, True) or []
+    new_lines = template_key_lines(new_template, path, True) or []
     old_comments = [line.strip() for line in old_lines[:_lead_count(old_lines)]]
     new_comments = [line.strip() for line in new_lines[:_lead_count(new_lines)]]
-    root = _load(text)
-    if old_comments == new_comments or _get(_plain(root), path) is MISSING:
+    root = load_document(text)
+    if old_comments == new_comments or value_at(plain(root), path) is MISSING:
         return text
-    lines, cr = _split(text)
-    span = _span(lines, root, path)
+    lines, cr = split_lines(text)
+    span = key_span(lines, root, path)
     if [line.strip() for line in lines[span.lead:span.start]] != old_comments:
         return text
     lines[span.lead:span.start] = [" " * span.col + comment + cr for comment in new_comments]
-    return _checked(lines, _plain(root), f"the comments above `{'.'.join(path)}`")
+    return checked_edit(lines, plain(root), f"the comments above `{'.'.join(path)}`")
 
 
 def _lead_count(lines: list[str]) -> int:
     count = 0
     for line in lines:
-        if not _is_comment(line):
+        if not is_comment(line):
             break
         count += 1
     return count
@@ -244,8 +245,8 @@ def carry_template_changes(text: str, old_template: str, new_template: str, *,
     for change in sorted((c for c in changes if c.status in ("carried", "removed-service")),
                          key=lambda c: order.get(c.status, 1 if c.new is MISSING else 0)):
         text = _apply(text, change, new_template, bound)
-    old, new = _plain(_load(old_template, "the old template")), _plain(_load(new_template, "the new template"))
-    current = _plain(_load(text))
+    old, new = plain(load_document(old_template, "the old template")), plain(load_document(new_template, "the new template"))
+    current = plain(load_document(text))
     for path, _, new_value, value in _units(old, new, current):
         if value is not MISSING and value == _fill(new_value, bound):  # comments to match the value
             text = _refresh_comments(text, path, old_template, new_template)

@@ -30,19 +30,19 @@ class ProdYamlError(UpgradeError):
     """prod.yml (or a template) cannot be parsed, or an edit would not do exactly what it should."""
 
 
-class _Missing:
+class Missing:
     def __repr__(self) -> str:
         return "<absent>"
 
 
-MISSING = _Missing()
+MISSING = Missing()
 
 
 # --- parsing and locating -------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=128)
-def _load(text: str, what: str = "prod.yml") -> CommentedMap:
+def load_document(text: str, what: str = "prod.yml") -> CommentedMap:
     """The parsed document (shared between calls: never modify it)."""
     try:
         root = YAML().load(text)
@@ -55,18 +55,18 @@ def _load(text: str, what: str = "prod.yml") -> CommentedMap:
 
 
 @overload
-def _plain(node: dict) -> dict[str, Any]: ...
+def plain(node: dict) -> dict[str, Any]: ...
 @overload
-def _plain(node: list) -> list[Any]: ...
+def plain(node: list) -> list[Any]: ...
 @overload
-def _plain(node: object) -> object: ...
-def _plain(node: object) -> object:
+def plain(node: object) -> object: ...
+def plain(node: object) -> object:
     """ruamel's round-trip nodes as plain dicts, lists and scalars (parsed YAML: Any inside,
     like yaml.safe_load's result)."""
     if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): plain(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [plain(v) for v in node]
     if isinstance(node, ScalarBoolean):
         return bool(node)
     for kind in (bool, int, float, str):
@@ -75,7 +75,7 @@ def _plain(node: object) -> object:
     return node
 
 
-def _get(data: object, path: Path) -> object:
+def value_at(data: object, path: Path) -> object:
     for key in path:
         if not isinstance(data, dict) or key not in data:
             return MISSING
@@ -108,7 +108,7 @@ def _sequence(root: CommentedMap, path: Path) -> CommentedSeq:
     return cast(CommentedSeq, _node(root, path))
 
 
-def _indent(line: str) -> int:
+def indent_of(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
@@ -116,7 +116,7 @@ def _is_blank(line: str) -> bool:
     return not line.strip()
 
 
-def _is_comment(line: str) -> bool:
+def is_comment(line: str) -> bool:
     return line.lstrip().startswith("#")
 
 
@@ -128,7 +128,7 @@ class _Span:
     col: int    # the key's column
 
 
-def _span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
+def key_span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
     parent = _mapping(root, path[:-1])
     key = _real_key(parent, path[-1])
     start, col = parent.lc.key(key)
@@ -138,21 +138,21 @@ def _span(lines: list[str], root: CommentedMap, path: Path) -> _Span:
         line = lines[i]
         if _is_blank(line):
             continue
-        indentless_item = isinstance(value, CommentedSeq) and line.lstrip().startswith("-") and _indent(line) == col
-        if _is_comment(line):
-            if _indent(line) > col:
+        indentless_item = isinstance(value, CommentedSeq) and line.lstrip().startswith("-") and indent_of(line) == col
+        if is_comment(line):
+            if indent_of(line) > col:
                 last = i
             continue
-        if _indent(line) <= col and not indentless_item:
+        if indent_of(line) <= col and not indentless_item:
             break
         last = i
     lead = start
-    while lead > 0 and _is_comment(lines[lead - 1]) and _indent(lines[lead - 1]) == col:
+    while lead > 0 and is_comment(lines[lead - 1]) and indent_of(lines[lead - 1]) == col:
         lead -= 1
     return _Span(lead, start, last + 1, col)
 
 
-def _split(text: str) -> tuple[list[str], str]:
+def split_lines(text: str) -> tuple[list[str], str]:
     return text.split("\n"), "\r" if "\r\n" in text else ""
 
 
@@ -160,7 +160,7 @@ def _join(lines: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _step(root: CommentedMap) -> int:
+def indent_step(root: CommentedMap) -> int:
     """The file's indentation step (from `services:` to its first child), default 4."""
     services = root.get("services")
     if isinstance(services, CommentedMap) and services:
@@ -174,7 +174,7 @@ def _step(root: CommentedMap) -> int:
 # --- rendering ------------------------------------------------------------------------------
 
 
-def _scalar_text(value: object, style: str = "") -> str:
+def scalar_text(value: object, style: str = "") -> str:
     """A YAML scalar; `style` is the quote character the old value used, if any."""
     if value is None:
         return ""
@@ -194,18 +194,18 @@ def _scalar_text(value: object, style: str = "") -> str:
 def _parses_to(scalar: str, value: object) -> bool:
     """Both YAML 1.2 (ruamel) and 1.1 (PyYAML, what docker-compose v1 reads with) agree."""
     try:
-        return (_plain(YAML().load(f"k: {scalar}\n")["k"]) == value
+        return (plain(YAML().load(f"k: {scalar}\n")["k"]) == value
                 and yaml.safe_load(f"k: {scalar}\n")["k"] == value)
     except (YAMLError, yaml.YAMLError):
         return False
 
 
-def _render(key: str, value: object, col: int, step: int) -> list[str]:
+def render_key(key: str, value: object, col: int, step: int) -> list[str]:
     """Block-style lines for `key: value` at column `col`."""
     pad = " " * col
-    head = f"{pad}{_scalar_text(key)}:"
+    head = f"{pad}{scalar_text(key)}:"
     if isinstance(value, dict) and value:
-        return [head] + [line for k, v in value.items() for line in _render(str(k), v, col + step, step)]
+        return [head] + [line for k, v in value.items() for line in render_key(str(k), v, col + step, step)]
     if isinstance(value, list) and value:
         lines = [head]
         for item in value:
@@ -213,14 +213,14 @@ def _render(key: str, value: object, col: int, step: int) -> list[str]:
                 raise ProdYamlError(f"cannot rewrite `{key}`: it nests lists in flow style",
                                     f"write `{key}` in block style by hand, then retry")
             if isinstance(item, dict) and item:
-                first, *rest = [line for k, v in item.items() for line in _render(str(k), v, 0, step)]
+                first, *rest = [line for k, v in item.items() for line in render_key(str(k), v, 0, step)]
                 lines += [f"{pad}{' ' * step}- {first}", *(f"{pad}{' ' * (step + 2)}{line}" for line in rest)]
             else:
-                lines.append(f"{pad}{' ' * step}- {_scalar_text(item)}".rstrip())
+                lines.append(f"{pad}{' ' * step}- {scalar_text(item)}".rstrip())
         return lines
     if isinstance(value, (dict, list)):
         return [f"{head} {'{}' if isinstance(value, dict) else '[]'}"]
-    return [f"{head} {_scalar_text(value)}".rstrip()]
+    return [f"{head} {scalar_text(value)}".rstrip()]
 
 
 def _shift(lines: list[str], col: int) -> list[str]:
@@ -249,10 +249,10 @@ def _del_in(data: dict, path: Path) -> dict:
     return out
 
 
-def _checked(new_lines: list[str], expected: dict, what: str) -> str:
+def checked_edit(new_lines: list[str], expected: dict, what: str) -> str:
     """The edited text, if it parses to `expected`; else raise instead of writing a wrong file."""
     new_text = _join(new_lines)
-    if _plain(_load(new_text)) != expected:
+    if plain(load_document(new_text)) != expected:
         raise ProdYamlError(f"editing {what} would not give the intended configuration",
                             "edit prod.yml by hand; this tool did not change it")
     return new_text
@@ -298,13 +298,13 @@ def replace_value(text: str, path: Path, value: object, template_lines: list[str
     """Set the value at `path` (which exists). Single-line scalars are edited in place (quotes
     and trailing comment kept); other values replace the key's lines, taken from
     `template_lines` (the key and its value, written from column 0) when given."""
-    root = _load(text)
+    root = load_document(text)
     flow = _flow_prefix(root, path[:-1]) if len(path) > 1 else None
-    expected = _set_in(_plain(root), path, value)
+    expected = _set_in(plain(root), path, value)
     if flow:
-        return _rerender(text, root, flow, _get(expected, flow), f"`{'.'.join(path)}`")
-    lines, cr = _split(text)
-    span = _span(lines, root, path)
+        return _rerender(text, root, flow, value_at(expected, flow), f"`{'.'.join(path)}`")
+    lines, cr = split_lines(text)
+    span = key_span(lines, root, path)
     parent = _mapping(root, path[:-1])
     key = _real_key(parent, path[-1])
     old = parent[key]
@@ -313,57 +313,57 @@ def replace_value(text: str, path: Path, value: object, template_lines: list[str
     end = _scalar_end(lines[vline], vcol) if single and old is not None else None
     if end is not None and not isinstance(value, (dict, list)) and value is not None:
         style = lines[vline][vcol] if lines[vline][vcol] in "'\"" else ""
-        lines[vline] = lines[vline][:vcol] + _scalar_text(value, style) + lines[vline][end:]
+        lines[vline] = lines[vline][:vcol] + scalar_text(value, style) + lines[vline][end:]
     else:
         new = (_shift(template_lines, span.col) if template_lines
-               else _render(path[-1], value, span.col, _step(root)))
+               else render_key(path[-1], value, span.col, indent_step(root)))
         lines[span.start:span.end] = [line + cr for line in new]
-    return _checked(lines, expected, f"`{'.'.join(path)}`")
+    return checked_edit(lines, expected, f"`{'.'.join(path)}`")
 
 
 def _rerender(text: str, root: CommentedMap, path: Path, value: object, what: str) -> str:
     """Replace the key at `path` with a block-style rendering of `value` (for flow-style values)."""
-    expected = _set_in(_plain(root), path, value)
-    lines, cr = _split(text)
-    span = _span(lines, root, path)
-    lines[span.start:span.end] = [line + cr for line in _render(path[-1], value, span.col, _step(root))]
-    return _checked(lines, expected, what)
+    expected = _set_in(plain(root), path, value)
+    lines, cr = split_lines(text)
+    span = key_span(lines, root, path)
+    lines[span.start:span.end] = [line + cr for line in render_key(path[-1], value, span.col, indent_step(root))]
+    return checked_edit(lines, expected, what)
 
 
 def replace_item(text: str, path: Path, index: int, value: str) -> str:
     """Set item `index` of the sequence at `path` to the scalar `value`, in place."""
-    root = _load(text)
+    root = load_document(text)
     seq = _sequence(root, path)
-    items = _plain(seq)
+    items = plain(seq)
     items[index] = value
-    expected = _set_in(_plain(root), path, items)
+    expected = _set_in(plain(root), path, items)
     flow = _flow_prefix(root, path)
     if flow:
-        return _rerender(text, root, flow, _get(expected, flow), f"`{'.'.join(path)}`")
-    lines, _ = _split(text)
+        return _rerender(text, root, flow, value_at(expected, flow), f"`{'.'.join(path)}`")
+    lines, _ = split_lines(text)
     line, col = seq.lc.item(index)
     end = _scalar_end(lines[line], col)
     if end is None:
         return replace_value(text, path, items)
     style = lines[line][col] if lines[line][col] in "'\"" else ""
-    lines[line] = lines[line][:col] + _scalar_text(value, style) + lines[line][end:]
-    return _checked(lines, expected, f"`{'.'.join(path)}`")
+    lines[line] = lines[line][:col] + scalar_text(value, style) + lines[line][end:]
+    return checked_edit(lines, expected, f"`{'.'.join(path)}`")
 
 
 def append_item(text: str, path: Path, value: str, comment: str = "") -> str:
     """Append the scalar `value` to the (non-empty, block-style) sequence at `path`."""
-    root = _load(text)
+    root = load_document(text)
     seq = _sequence(root, path)
-    items = [*_plain(seq), value]
+    items = [*plain(seq), value]
     if _flow_prefix(root, path) or not seq:
         return replace_value(text, path, items)
-    lines, cr = _split(text)
-    span = _span(lines, root, path)
+    lines, cr = split_lines(text)
+    span = key_span(lines, root, path)
     line, col = seq.lc.item(len(seq) - 1)
     dash = " " * (col - 2)
-    new = ([f"{dash}{comment}"] if comment else []) + [f"{dash}- {_scalar_text(value)}"]
+    new = ([f"{dash}{comment}"] if comment else []) + [f"{dash}- {scalar_text(value)}"]
     lines[span.end:span.end] = [entry + cr for entry in new]
-    return _checked(lines, _set_in(_plain(root), path, items), f"`{'.'.join(path)}`")
+    return checked_edit(lines, _set_in(plain(root), path, items), f"`{'.'.join(path)}`")
 
 
 def insert_key(text: str, path: Path, value: object, template_lines: list[str] | None = None,
@@ -371,19 +371,19 @@ def insert_key(text: str, path: Path, value: object, template_lines: list[str] |
     """Add the absent key `path` to its (existing) parent mapping, before sibling `before` or
     after the last one. Lines come from `template_lines` (written from column 0, with their
     comments) when given."""
-    root = _load(text)
+    root = load_document(text)
     parent_path, name = path[:-1], path[-1]
     parent = _node(root, parent_path)
-    expected = _set_in(_plain(root), path, value)
+    expected = _set_in(plain(root), path, value)
     flow = _flow_prefix(root, parent_path) if parent_path else None
     if flow or not isinstance(parent, CommentedMap) or not parent:
         target = flow or parent_path
-        return _rerender(text, root, target, _get(expected, target), f"`{'.'.join(path)}`")
-    lines, cr = _split(text)
+        return _rerender(text, root, target, value_at(expected, target), f"`{'.'.join(path)}`")
+    lines, cr = split_lines(text)
     keys = [str(k) for k in parent]
-    spans = [_span(lines, root, (*parent_path, k)) for k in keys]
+    spans = [key_span(lines, root, (*parent_path, k)) for k in keys]
     col = spans[0].col
-    new = _shift(template_lines, col) if template_lines else _render(name, value, col, _step(root))
+    new = _shift(template_lines, col) if template_lines else render_key(name, value, col, indent_step(root))
     # siblings separated by blank lines (like the services of prod.yml) get one around the new key
     separated = _is_blank(lines[spans[min(1, len(spans) - 1)].lead - 1])
     if before in keys:
@@ -393,24 +393,24 @@ def insert_key(text: str, path: Path, value: object, template_lines: list[str] |
         at = spans[-1].end
         new = ([""] if separated else []) + new
     lines[at:at] = [line + cr for line in new]
-    return _checked(lines, expected, f"`{'.'.join(path)}`")
+    return checked_edit(lines, expected, f"`{'.'.join(path)}`")
 
 
 def delete_key(text: str, path: Path) -> str:
     """Remove the key at `path` with its value and the comments directly above it; a mapping
     left empty goes too."""
-    root = _load(text)
+    root = load_document(text)
     while len(path) > 2 and len(_mapping(root, path[:-1])) == 1:
         path = path[:-1]
-    expected = _del_in(_plain(root), path)
+    expected = _del_in(plain(root), path)
     flow = _flow_prefix(root, path[:-1]) if len(path) > 1 else None
     if flow:
-        return _rerender(text, root, flow, _get(expected, flow), f"`{'.'.join(path)}`")
-    lines, _ = _split(text)
-    span = _span(lines, root, path)
+        return _rerender(text, root, flow, value_at(expected, flow), f"`{'.'.join(path)}`")
+    lines, _ = split_lines(text)
+    span = key_span(lines, root, path)
     del lines[span.lead:span.end]
     _collapse_blanks(lines, span.lead)
-    return _checked(lines, expected, f"`{'.'.join(path)}`")
+    return checked_edit(lines, expected, f"`{'.'.join(path)}`")
 
 
 def _collapse_blanks(lines: list[str], at: int) -> None:
@@ -425,28 +425,28 @@ def _collapse_blanks(lines: list[str], at: int) -> None:
         del lines[at]
 
 
-def _template_key_lines(template: str, path: Path, with_comments: bool, step: int | None = None) -> list[str] | None:
+def template_key_lines(template: str, path: Path, with_comments: bool, step: int | None = None) -> list[str] | None:
     """The template's lines for the key at `path` (and the comments above it), moved to column
     0 and, given the target file's indentation `step`, re-nested with that step."""
-    root = _load(template, "the template")
-    if _get(_plain(root), path) is MISSING:
+    root = load_document(template, "the template")
+    if value_at(plain(root), path) is MISSING:
         return None
-    lines, _ = _split(template)
-    span = _span(lines, root, path)
-    own_step = _step(root)
+    lines, _ = split_lines(template)
+    span = key_span(lines, root, path)
+    own_step = indent_step(root)
     out = []
     for line in lines[span.lead if with_comments else span.start:span.end]:
         line = line.rstrip("\r")
-        depth = max(_indent(line) - span.col, 0)
+        depth = max(indent_of(line) - span.col, 0)
         if step and line.strip():
             depth = depth // own_step * step + depth % own_step
         out.append(" " * depth + line.lstrip(" ") if line.strip() else line)
     return out
 
 
-def _next_sibling(template_data: dict, path: Path, present: dict) -> str | None:
+def next_sibling(template_data: dict, path: Path, present: dict) -> str | None:
     """The first key after `path[-1]` in the template's order that the operator's mapping has."""
-    parent = _get(template_data, path[:-1])
+    parent = value_at(template_data, path[:-1])
     order = list(parent) if isinstance(parent, dict) else []
     later = order[order.index(path[-1]) + 1:] if path[-1] in order else []
     return next((k for k in later if k in present), None)
