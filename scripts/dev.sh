@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine; installs what it needs, then runs:
-#   scripts/dev.sh demo   the main job on the embedded default (the sandbox demo)
+#   scripts/dev.sh demo   the main job on the embedded default (the sandbox demo; on the real
+#                         integration repository when ../shared holds its bundle)
 #   scripts/dev.sh test   the whole test suite (extra arguments go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,17 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 cmd=${1:-}
 shift || true
 case "$cmd" in
-    demo) exec .venv/bin/mender-upgrade demo "$@" ;;
+    demo)
+        # The demo runs on the real mendersoftware/integration repository when its bundle is in
+        # the shared data beside the checkout (<folder>/main and <folder>/shared, as the real-files
+        # tests find it), on the generated fixture repository otherwise. Only the demo: the suite's
+        # fault matrix runs on the fixture, and its real-files tests find the bundle themselves.
+        bundle="$(cd .. && pwd -P)/shared/upstream/mendersoftware-integration.bundle"
+        if [ -z "${MENDER_INTEGRATION_UPSTREAM:-}" ] && [ -f "$bundle" ]; then
+            export MENDER_INTEGRATION_UPSTREAM="$bundle"
+        fi
+        echo "demo on ${MENDER_INTEGRATION_UPSTREAM:-the generated fixture repository}" >&2
+        exec .venv/bin/mender-upgrade demo "$@" ;;
     test)
         # The mongo stand-in also runs on the host (Python 3.13 venv) for its own and the cleanup tests.
         .venv/bin/python -m mender_upgrade.sandbox.standin_venv
