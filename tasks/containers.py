@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import yaml
 
 from mender_upgrade.tasks import service_health
 from mender_upgrade.tasks.errors import ComposeCommandFailed, HealthGateFailed
@@ -374,6 +375,35 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     return down
 
 
-def pull_images(integration: Path, timeout: float = 1800) -> None:
-    """`./run pull`: fetch the new images while the old version still serves."""
-    run_compose(integration, ["pull"], timeout=timeout)
+def compose_images(integration: Path) -> list[str]:
+    """The image names the current checkout's compose files use (`./run config`)."""
+    services = (yaml.safe_load(run_compose(integration, ["config"])) or {}).get("services") or {}
+    return sorted({svc["image"] for svc in services.values() if svc.get("image")})
+
+
+def pull_images(integration: Path, client: docker.DockerClient | None = None, timeout: float = 1800,
+                log=lambda message: None) -> None:
+    """`./run pull`: fetch the new images while the old version still serves.
+
+    An image the pull cannot fetch is used as it is when an image of that name is present
+    (Enterprise images come from `registry.mender.io`, which serves only after `docker login`;
+    air-gapped hosts `docker load` theirs); an image neither fetched nor present fails the
+    pull, named."""
+    try:
+        run_compose(integration, ["pull"], timeout=timeout)
+        return
+    except ComposeCommandFailed as failed:
+        pull_error = failed
+    # compose v2 stops pulling at the first failure: fetch whatever the registries serve.
+    run_compose(integration, ["pull", "--ignore-pull-failures"], timeout=timeout)
+    named = compose_images(integration)
+    present = local_image_ids(client or docker.from_env(), set(named))
+    missing = [image for image in named if image not in present]
+    if missing:
+        raise ComposeCommandFailed(f"`./run pull` fetched no image {', '.join(missing)} and none of that name is "
+                                   f"present: {pull_error.message}",
+                                   "log in to the registry that serves it (Enterprise: `docker login "
+                                   "registry.mender.io` with the Mender Enterprise credentials) or `docker load` "
+                                   "it, then run again")
+    log(f"`./run pull` could not fetch every image; all {len(named)} images the release names are present "
+        "locally and are used as they are")
