@@ -375,10 +375,10 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     return down
 
 
-def compose_images(integration: Path) -> list[str]:
-    """The image names the current checkout's compose files use (`./run config`)."""
+def release_images(integration: Path) -> dict[str, str]:
+    """Service -> the image name the current checkout's compose files give it (`./run config`)."""
     services = (yaml.safe_load(run_compose(integration, ["config"])) or {}).get("services") or {}
-    return sorted({svc["image"] for svc in services.values() if svc.get("image")})
+    return {name: svc["image"] for name, svc in services.items() if svc.get("image")}
 
 
 def pull_images(integration: Path, client: docker.DockerClient | None = None, timeout: float = 1800,
@@ -394,16 +394,22 @@ def pull_images(integration: Path, client: docker.DockerClient | None = None, ti
         return
     except ComposeCommandFailed as failed:
         pull_error = failed
-    # compose v2 stops pulling at the first failure: fetch whatever the registries serve.
-    run_compose(integration, ["pull", "--ignore-pull-failures"], timeout=timeout)
-    named = compose_images(integration)
-    present = local_image_ids(client or docker.from_env(), set(named))
-    missing = [image for image in named if image not in present]
+    client = client or docker.from_env()
+    named = release_images(integration)
+    # compose v2 stops pulling at the first failure (v1 pulls the rest; neither skips a registry
+    # it cannot reach, `--ignore-pull-failures` or not): each image still absent on its own.
+    for service in sorted(s for s, image in named.items() if image not in local_image_ids(client, {image})):
+        try:
+            run_compose(integration, ["pull", service], timeout=timeout)
+        except ComposeCommandFailed as failed:
+            pull_error = failed
+    present = local_image_ids(client, set(named.values()))
+    missing = sorted({image for image in named.values() if image not in present})
     if missing:
         raise ComposeCommandFailed(f"`./run pull` fetched no image {', '.join(missing)} and none of that name is "
                                    f"present: {pull_error.message}",
                                    "log in to the registry that serves it (Enterprise: `docker login "
                                    "registry.mender.io` with the Mender Enterprise credentials) or `docker load` "
                                    "it, then run again")
-    log(f"`./run pull` could not fetch every image; all {len(named)} images the release names are present "
+    log(f"`./run pull` could not fetch every image; all {len(present)} images the release names are present "
         "locally and are used as they are")
