@@ -243,7 +243,8 @@ def _running_version(state: dict) -> str | None:
 def status(home: SandboxHome | None = None) -> dict:
     home = home or SandboxHome.default()
     state = home.read_state()
-    out: dict = {"version": _running_version(state), "integration": state.get("integration"),
+    out: dict = {"version": _running_version(state), "enterprise": state.get("enterprise", False),
+                 "integration": state.get("integration"),
                  "registry": registry_answers(), "s3": state.get("s3", {}).get("url")}
     try:
         client = docker.from_env(timeout=5)

@@ -13,7 +13,8 @@ app = typer.Typer(no_args_is_help=True, help="The throw-away Mender installation
 
 
 def _print_status(info: dict) -> None:
-    table = Table(title=f"sandbox: Mender {info.get('version') or '-'}")
+    edition = " Enterprise" if info.get("enterprise") else ""
+    table = Table(title=f"sandbox: Mender {info.get('version') or '-'}{edition}")
     table.add_column("service")
     table.add_column("state")
     services = info.get("services")
