@@ -15,7 +15,8 @@ from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
-from mender_upgrade.tasks.containers import project_states, run_compose
+from mender_upgrade.tasks.containers import project_states, pull_images, run_compose
+from mender_upgrade.tasks.errors import ComposeCommandFailed
 from mender_upgrade.tasks.mongo import server_info
 from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
@@ -148,5 +149,22 @@ def test_real_files_upgrade_3_6_5_to_3_7_11_enterprise(prefect_api, real_upstrea
         repo = git.Repo(sb.integration)
         assert repo.git.describe("--tags", "--abbrev=0") == "3.7.11"
         assert (sb.integration / "production/config/enterprise.yml").is_file() and not repo.is_dirty()
+        _absent_image_fails_the_pull_named(sb)
     finally:
         stack.down()
+
+
+def _absent_image_fails_the_pull_named(sb: stack.Sandbox) -> None:
+    """An image registry.mender.io does not serve here and no local image carries: `./run pull`
+    fails naming it, with the `docker login` hint."""
+    clone = sb.integration.parent / "clone-with-an-absent-image"
+    git.Repo(sb.integration).git.worktree("add", "--quiet", "--detach", str(clone))
+    try:
+        compose = clone / "docker-compose.enterprise.yml"
+        compose.write_text(compose.read_text().replace("tenantadm:mender-3.7.11", "tenantadm:mender-3.7.99"))
+        with pytest.raises(ComposeCommandFailed, match=r"(?s)fetched no image registry\.mender\.io/mendersoftware/"
+                                                       r"tenantadm:mender-3\.7\.99 and none of that name is present"
+                                                       r".*docker login registry\.mender\.io"):
+            pull_images(clone, sb.client)
+    finally:
+        git.Repo(sb.integration).git.worktree("remove", "--force", str(clone))

@@ -25,8 +25,7 @@ from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
-from mender_upgrade.tasks.containers import PROJECT_LABEL, compose_services, project_states, pull_images, run_compose
-from mender_upgrade.tasks.errors import ComposeCommandFailed
+from mender_upgrade.tasks.containers import PROJECT_LABEL, compose_services, project_states, run_compose
 
 pytestmark = pytest.mark.sandbox
 
@@ -155,25 +154,6 @@ def _check_enterprise_services(sb: stack.Sandbox, states: dict, targets: dict) -
     # the gateway routes Enterprise's management APIs behind the user login, as traefik.enterprise.yaml
     audit = _https("127.0.0.1", 443, "/api/management/v1/auditlogs/logs", OPERATOR_GATEWAY_HOST)
     assert audit.status == 401, audit
-    _check_enterprise_pull(sb)
-
-
-def _check_enterprise_pull(sb: stack.Sandbox) -> None:
-    """registry.mender.io serves no pull here (a host without `docker login`): `./run pull` fails,
-    the images present are used as they are; an image neither pulled nor present is named."""
-    said: list[str] = []
-    pull_images(sb.integration, sb.client, log=said.append)
-    assert len(said) == 1 and "images the release names are present locally" in said[0], said
-    clone = sb.integration.parent / "clone-with-an-absent-image"
-    git.Repo(sb.integration).git.worktree("add", "--quiet", "--detach", str(clone))
-    try:
-        compose = clone / "docker-compose.enterprise.yml"
-        compose.write_text(compose.read_text().replace("tenantadm:mender-3.7.11", "tenantadm:mender-3.7.99"))
-        with pytest.raises(ComposeCommandFailed, match=r"fetched no image registry\.mender\.io/mendersoftware/"
-                                                       r"tenantadm:mender-3\.7\.99 and none of that name is present"):
-            pull_images(clone, sb.client)
-    finally:
-        git.Repo(sb.integration).git.worktree("remove", "--force", str(clone))
 
 
 class _raw_https:
