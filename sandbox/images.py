@@ -32,6 +32,8 @@ INPUTS_LABEL = "org.mender-upgrade.standin-inputs"
 BUSYBOX_BASE = "mender-upgrade-standin/busybox"
 PYTHON_BASE = "mender-upgrade-standin/python313"
 MONGO_VERSIONS = {"mongo:4.4": "4.4.29", "mongo:5.0": "5.0.26"}
+# Enterprise-only services that migrate their database before serving (`--automigrate`).
+_ENTERPRISE_MONGO_SERVICES = {"mender-tenantadm", "mender-auditlogs", "mender-devicemonitor"}
 # busybox httpd's per-path basic auth: useradm's login answers 401 without credentials, as the real one.
 HTTPD_CONF = INFRA / "httpd.conf"
 
@@ -113,7 +115,7 @@ def _service_dockerfile(service: str, version: str, broken: bool) -> str:
     health = INTERNAL_HEALTH_PATHS.get(service)
     if health:
         env["STANDIN_HEALTH_PATH"] = health
-    if service in MENDER_SERVICES or service == "mender-api-gateway":
+    if service in MENDER_SERVICES or service in _ENTERPRISE_MONGO_SERVICES or service == "mender-api-gateway":
         env["STANDIN_NEEDS_MONGO"] = "1"
     if broken:
         env["STANDIN_BROKEN"] = "1"
@@ -237,8 +239,19 @@ def mirror_name(image: str) -> str:
     return f"127.0.0.1:{REGISTRY_PORT}/{repo}"
 
 
+def is_docker_hub_name(image: str) -> bool:
+    """`mongo:4.4`, `minio/minio:…` are Docker Hub names; `registry.mender.io/…` names another
+    registry (its first part has a dot or a port), which no Docker Hub mirror serves."""
+    first, _, rest = image.partition("/")
+    return not rest or not ("." in first or ":" in first or first == "localhost")
+
+
 def publish_to_mirror(client: docker.DockerClient, images: list[str], log=print) -> None:
-    """Push each image under its Docker Hub path to the local registry (the dockerd mirror)."""
+    """Push each image with a Docker Hub name under its Docker Hub path to the local registry
+    (the dockerd mirror). The others (Enterprise's `registry.mender.io/…`) stay local images only:
+    dockerd mirrors Docker Hub alone, as a real host without `docker login` to that registry
+    has them only when they were loaded."""
+    images = [image for image in images if is_docker_hub_name(image)]
     pushed = 0
     for image in images:
         target = mirror_name(image)

@@ -4,8 +4,9 @@
 `production` branch at the release tag, `production/config/prod.yml` from that tag's template
 with the docs' edits (gateway and storage DNS names, the minio/deployments keys,
 `ALLOWED_HOSTS`), and the keys and certificates of the repository's own `keygen`, each step
-committed on the branch. Only the published ports differ from the docs: the sandbox binds them
-to 127.0.0.1.
+committed on the branch; for Enterprise also `production/config/enterprise.yml` from the tag's
+template (its presence is what makes `production/run` add `docker-compose.enterprise.yml`).
+Only the published ports differ from the docs: the sandbox binds them to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _OPERATOR_IDENTITY = ("Example Ops", "ops@example.com")
 # What makes a checkout the Mender integration repository with a docker-compose production setup.
 _INTEGRATION_FILES = ("docker-compose.yml", "production/run", "production/config/prod.yml.template", "keygen")
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
+# What `production/run` needs for Enterprise (it adds the compose file when config/enterprise.yml exists).
+_ENTERPRISE_FILES = ("docker-compose.enterprise.yml", "production/config/enterprise.yml.template")
+_ENTERPRISE_YML = Path("production/config/enterprise.yml")
 
 
 def configured_upstream() -> str | None:
@@ -39,8 +43,9 @@ def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProces
                           env=os.environ | _GIT_ENV, timeout=600)
 
 
-def clone_operator(upstream: str, dest: Path, version: str) -> Path:
-    """Clone `upstream` into `dest` as an operator following the production docs; return `dest`.
+def clone_operator(upstream: str, dest: Path, version: str, enterprise: bool = False) -> Path:
+    """Clone `upstream` into `dest` as an operator following the production docs (with the
+    Enterprise configuration when `enterprise`); return `dest`.
 
     Raises SandboxError naming the upstream or the version when it is not a Mender integration
     repository or has no such release; `dest` is removed then.
@@ -49,15 +54,15 @@ def clone_operator(upstream: str, dest: Path, version: str) -> Path:
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _clone_checked(upstream, dest, version)
-        _configure(dest, version)
+        _clone_checked(upstream, dest, version, enterprise)
+        _configure(dest, version, enterprise)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return dest
 
 
-def _clone_checked(upstream: str, dest: Path, version: str) -> None:
+def _clone_checked(upstream: str, dest: Path, version: str, enterprise: bool) -> None:
     cloned = _git(["clone", "--quiet", "--no-checkout", upstream, str(dest)])
     if cloned.returncode != 0:
         reason = (cloned.stderr.strip().splitlines() or ["git clone failed"])[-1]
@@ -71,9 +76,12 @@ def _clone_checked(upstream: str, dest: Path, version: str) -> None:
     if missing:
         raise SandboxError(f"{upstream!r} at {version} is not a Mender integration repository with a "
                            f"docker-compose production setup: it lacks {', '.join(missing)}")
+    if enterprise and not set(_ENTERPRISE_FILES) <= listed:
+        raise SandboxError(f"{upstream!r} at {version} has no Enterprise production setup: it lacks "
+                           f"{', '.join(f for f in _ENTERPRISE_FILES if f not in listed)}")
 
 
-def _configure(dest: Path, version: str) -> None:
+def _configure(dest: Path, version: str, enterprise: bool) -> None:
     repo = git.Repo(dest)
     with repo.config_writer() as config:
         config.set_value("user", "name", _OPERATOR_IDENTITY[0])
@@ -90,11 +98,22 @@ def _configure(dest: Path, version: str) -> None:
     (production / "config" / "prod.yml").write_text(operator_prod_yml(template))
     repo.git.add("production/config/prod.yml")
     repo.git.commit("--quiet", "-m", "production: final configuration")
+    if enterprise:
+        # The docs' Enterprise step: the template as is (it holds no placeholder), committed.
+        _copy_enterprise_template(dest)
+        repo.git.add(str(_ENTERPRISE_YML))
+        repo.git.commit("--quiet", "-m", "production: Enterprise configuration")
 
 
-def release_files(clone: Path, versions: list[str]) -> list[Path]:
+def _copy_enterprise_template(root: Path) -> None:
+    template = root / _ENTERPRISE_YML.with_name("enterprise.yml.template")
+    (root / _ENTERPRISE_YML).write_text(template.read_text())
+
+
+def release_files(clone: Path, versions: list[str], enterprise: bool = False) -> list[Path]:
     """The files of each tag in `versions` the clone carries, each in `<clone>/../releases/<tag>`
-    with the operator's `prod.yml` from that tag's template: enough for `./run config`."""
+    with the operator's `prod.yml` (and with `enterprise`, `enterprise.yml`) from that tag's
+    templates: enough for `./run config`."""
     out = []
     for version in versions:
         if _git(["rev-parse", "--verify", "--quiet", f"refs/tags/{version}^{{commit}}"], clone).returncode != 0:
@@ -107,6 +126,8 @@ def release_files(clone: Path, versions: list[str]) -> list[Path]:
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, capture_output=True, check=True, timeout=120)
         config = dest / "production" / "config"
         (config / "prod.yml").write_text(operator_prod_yml((config / "prod.yml.template").read_text()))
+        if enterprise and (dest / _ENTERPRISE_YML.with_name("enterprise.yml.template")).is_file():
+            _copy_enterprise_template(dest)
         out.append(dest)
     return out
 

@@ -38,6 +38,7 @@ class Sandbox:
     integration: Path
     version: str
     real_upstream: bool = False  # the clone is of the real integration repository, not the fixture
+    enterprise: bool = False  # the clone carries production/config/enterprise.yml
 
     def mongo_url(self) -> str:
         return f"mongodb://{mongo_address(self.client)}:27017/"
@@ -69,10 +70,11 @@ def _refuse_foreign_stack(client: docker.DockerClient) -> None:
 
 
 def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
-       stability_window: float = 3, artifacts_gib: float = 0, fleet: int = 1) -> Sandbox:
+       stability_window: float = 3, artifacts_gib: float = 0, fleet: int = 1,
+       enterprise: bool = False) -> Sandbox:
     """Bring the sandbox up with the old stack at `version` running, healthy and seeded (with
     `artifacts_gib` GiB of incompressible artifact files on top of the small ones, and `fleet`
-    times the default devices per tenant).
+    times the default devices per tenant); Mender Enterprise when `enterprise`.
 
     With `MENDER_INTEGRATION_UPSTREAM` set, the operator's clone is made from that real
     integration repository (`real_upstream.py`) and every image its compose files name is
@@ -84,6 +86,9 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     if not 0 <= artifacts_gib <= MAX_ARTIFACTS_GIB:
         raise SandboxError(f"artifacts_gib {artifacts_gib} is out of range; give 0 to {MAX_ARTIFACTS_GIB} (GiB)")
     real_upstream = configured_upstream()
+    if enterprise and real_upstream is None:
+        raise SandboxError(f"enterprise: the Enterprise sandbox runs on the real repository's files only; "
+                           f"set {UPSTREAM_ENV} (e.g. to the shared mendersoftware-integration.bundle)")
     if real_upstream is None and version not in images.RUNNABLE_VERSIONS:
         raise SandboxError(f"version {version!r} has no stand-in images; choose one of {images.RUNNABLE_VERSIONS}")
     home = home or SandboxHome.default()
@@ -97,8 +102,8 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         # Clone and read the compose files before anything is started or replaced: a bad
         # upstream, version or image leaves the running sandbox (if any) as it was.
         try:
-            clone_operator(real_upstream, staged, version)
-            real_images = _real_stack_images(staged, version)
+            clone_operator(real_upstream, staged, version, enterprise)
+            real_images = _real_stack_images(staged, version, enterprise)
         except BaseException:
             shutil.rmtree(staged.parent, ignore_errors=True)
             raise
@@ -125,12 +130,13 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     for name in EXTERNAL_VOLUMES:
         client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
     home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False,
-                     real_upstream=real_upstream is not None)
-    log(f"starting Mender {version} with the clone's own ./run up -d")
+                     real_upstream=real_upstream is not None, enterprise=enterprise)
+    edition = f"{version} Enterprise" if enterprise else version
+    log(f"starting Mender {edition} with the clone's own ./run up -d")
     run_compose(integration, ["up", "-d"])
     services = compose_services(integration)
     wait_until_healthy(client, services, timeout=180, stability_window=stability_window)
-    sandbox = Sandbox(home, client, s3, upstream, integration, version, real_upstream is not None)
+    sandbox = Sandbox(home, client, s3, upstream, integration, version, real_upstream is not None, enterprise)
     summary = seed(sandbox, fleet)
     if artifacts_gib:
         t = time.monotonic()
@@ -138,19 +144,20 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         log(f"wrote {artifacts_gib:g} GiB of artifacts in {time.monotonic() - t:.1f} s")
     home.write_state(seeded_old_clients=summary.inventory_old_clients, artifacts_gib=artifacts_gib)
     elapsed = time.monotonic() - t0
-    log(f"sandbox up: Mender {version}, {len(services)} services healthy, in {elapsed:.1f} s")
+    log(f"sandbox up: Mender {edition}, {len(services)} services healthy, in {elapsed:.1f} s")
     with open(home.logs / "up-times.log", "a") as times:  # kept by `down`: start-time history
-        times.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} up {version} {elapsed:.1f} s, "
+        times.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} up {edition} {elapsed:.1f} s, "
                     f"{built} images built\n")
     return sandbox
 
 
-def _real_stack_images(staged: Path, version: str) -> list[str]:
+def _real_stack_images(staged: Path, version: str, enterprise: bool) -> list[str]:
     """The images the clone's compose files name (`./run config`) at `version` and at every later
     runnable release (the upgrade targets, whose `./run pull` the registry mirror serves as Docker
     Hub would); every one needs a stand-in."""
     found = standin_catalogue.compose_images(run_compose(staged, ["config"]))
-    for target in release_files(staged, [v for v in RUNNABLE_VERSIONS if Version.parse(v) > Version.parse(version)]):
+    later = [v for v in RUNNABLE_VERSIONS if Version.parse(v) > Version.parse(version)]
+    for target in release_files(staged, later, enterprise):
         found |= {f"{target.name}/{service}": image for service, image in
                   standin_catalogue.compose_images(run_compose(target, ["config"])).items()}
     shutil.rmtree(staged.parent / "releases", ignore_errors=True)
@@ -189,7 +196,8 @@ def attach(home: SandboxHome | None = None) -> Sandbox:
         raise SandboxError("no sandbox is up; run `mender-upgrade sandbox up`")
     upstream = state["upstream"] if "://" in state["upstream"] else Path(state["upstream"])
     return Sandbox(home, docker.from_env(), S3Endpoint(**state["s3"]), upstream,
-                   Path(state["integration"]), state["version"], state.get("real_upstream", False))
+                   Path(state["integration"]), state["version"], state.get("real_upstream", False),
+                   state.get("enterprise", False))
 
 
 def down(home: SandboxHome | None = None, log=print, keep_servers: bool = False) -> list[str]:
@@ -235,7 +243,8 @@ def _running_version(state: dict) -> str | None:
 def status(home: SandboxHome | None = None) -> dict:
     home = home or SandboxHome.default()
     state = home.read_state()
-    out: dict = {"version": _running_version(state), "integration": state.get("integration"),
+    out: dict = {"version": _running_version(state), "enterprise": state.get("enterprise", False),
+                 "integration": state.get("integration"),
                  "registry": registry_answers(), "s3": state.get("s3", {}).get("url")}
     try:
         client = docker.from_env(timeout=5)

@@ -2,7 +2,8 @@
 
 The real compose files (read with the clone's own `./run config`) name Mender service images,
 gateways (openresty api-gateway up to 2.6, traefik from 2.7), 2.6's storage-proxy (openresty),
-minio, nats, the gui and mongo. The recipe depends on the image name only, so a name the
+minio, nats, the gui and mongo; Enterprise adds its service images from `registry.mender.io`
+(`docker-compose.enterprise.yml`) and redis. The recipe depends on the image name only, so a name the
 fixture repository also uses is the same image in both stacks (the input-hash label decides
 rebuilds; two recipes under one name would rebuild it on every switch).
 """
@@ -25,6 +26,16 @@ MENDER_SERVICE_OF = {
     "workflows": "mender-workflows-server", "workflows-worker": "mender-workflows-worker",
     "create-artifact-worker": "mender-create-artifact-worker", "deviceconnect": "mender-deviceconnect",
     "deviceconfig": "mender-deviceconfig", "iot-manager": "mender-iot-manager",
+}
+# registry.mender.io/mendersoftware/<repository> -> the compose service `docker-compose.enterprise.yml`
+# runs it as: the Enterprise builds of the services above, and the Enterprise-only services.
+ENTERPRISE_REGISTRY = "registry.mender.io/mendersoftware"
+ENTERPRISE_SERVICE_OF = {
+    "deployments-enterprise": "mender-deployments", "deviceauth-enterprise": "mender-device-auth",
+    "inventory-enterprise": "mender-inventory", "useradm-enterprise": "mender-useradm",
+    "workflows-enterprise": "mender-workflows-server", "workflows-enterprise-worker": "mender-workflows-worker",
+    "tenantadm": "mender-tenantadm", "auditlogs": "mender-auditlogs", "devicemonitor": "mender-devicemonitor",
+    "generate-delta-worker": "mender-generate-delta-worker",
 }
 _GATEWAY_KINDS = {"mendersoftware/api-gateway": "api-gateway", "traefik": "traefik",
                   "openresty/openresty": "storage-proxy"}
@@ -54,16 +65,18 @@ def split_image(image: str) -> tuple[str, str]:
 
 
 def mender_service(image: str) -> tuple[str, str] | None:
-    """`mendersoftware/deployments:mender-2.7.2` -> ("mender-deployments", "2.7.2")."""
+    """`mendersoftware/deployments:mender-2.7.2` -> ("mender-deployments", "2.7.2");
+    `registry.mender.io/mendersoftware/tenantadm:mender-3.7.11` -> ("mender-tenantadm", "3.7.11")."""
     repo, tag = split_image(image)
-    owner, _, name = repo.partition("/")
-    if owner == "mendersoftware" and name in MENDER_SERVICE_OF and tag.startswith("mender-"):
-        return MENDER_SERVICE_OF[name], tag.removeprefix("mender-")
+    owner, _, name = repo.rpartition("/")
+    known = {"mendersoftware": MENDER_SERVICE_OF, ENTERPRISE_REGISTRY: ENTERPRISE_SERVICE_OF}.get(owner, {})
+    if name in known and tag.startswith("mender-"):
+        return known[name], tag.removeprefix("mender-")
     return None
 
 
 def infra_recipe(image: str) -> InfraRecipe | None:
-    """The stand-in recipe of a non-service image (gateway, minio, nats, gui), or None."""
+    """The stand-in recipe of a non-service image (gateway, minio, nats, redis, gui), or None."""
     repo, tag = split_image(image)
     if repo in _GATEWAY_KINDS:
         return InfraRecipe("python", (f'ENV STANDIN_GATEWAY="{_GATEWAY_KINDS[repo]}" PYTHONUNBUFFERED=1',
@@ -76,6 +89,10 @@ def infra_recipe(image: str) -> InfraRecipe | None:
         if _MINIO_OWN_HEALTHCHECK.search(tag):
             lines.append("HEALTHCHECK --interval=1m CMD healthcheck")
         return InfraRecipe("python", tuple(lines), ("minio.py", "curl", "healthcheck"))
+    if repo == "redis":
+        # Like the official image: RESP on 6379, the data directory a VOLUME, no HEALTHCHECK.
+        return InfraRecipe("python", ("ENV PYTHONUNBUFFERED=1", "VOLUME /data", "EXPOSE 6379",
+                                      'ENTRYPOINT ["python3", "/standin-infra/redis.py"]'), ("redis.py",))
     if repo == "nats":
         return InfraRecipe("busybox", ("EXPOSE 4222", 'ENTRYPOINT ["/standin-infra/nats"]'),
                            ("nats", "nats-greeting"))

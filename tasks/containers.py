@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import yaml
 
 from mender_upgrade.tasks import service_health
 from mender_upgrade.tasks.errors import ComposeCommandFailed, HealthGateFailed
@@ -374,6 +375,41 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     return down
 
 
-def pull_images(integration: Path, timeout: float = 1800) -> None:
-    """`./run pull`: fetch the new images while the old version still serves."""
-    run_compose(integration, ["pull"], timeout=timeout)
+def release_images(integration: Path) -> dict[str, str]:
+    """Service -> the image name the current checkout's compose files give it (`./run config`)."""
+    services = (yaml.safe_load(run_compose(integration, ["config"])) or {}).get("services") or {}
+    return {name: svc["image"] for name, svc in services.items() if svc.get("image")}
+
+
+def pull_images(integration: Path, client: docker.DockerClient | None = None, timeout: float = 1800,
+                log=lambda message: None) -> None:
+    """`./run pull`: fetch the new images while the old version still serves.
+
+    An image the pull cannot fetch is used as it is when an image of that name is present
+    (Enterprise images come from `registry.mender.io`, which serves only after `docker login`;
+    air-gapped hosts `docker load` theirs); an image neither fetched nor present fails the
+    pull, named."""
+    try:
+        run_compose(integration, ["pull"], timeout=timeout)
+        return
+    except ComposeCommandFailed as failed:
+        pull_error = failed
+    client = client or docker.from_env()
+    named = release_images(integration)
+    # compose v2 stops pulling at the first failure (v1 pulls the rest; neither skips a registry
+    # it cannot reach, `--ignore-pull-failures` or not): each image still absent on its own.
+    for service in sorted(s for s, image in named.items() if image not in local_image_ids(client, {image})):
+        try:
+            run_compose(integration, ["pull", service], timeout=timeout)
+        except ComposeCommandFailed as failed:
+            pull_error = failed
+    present = local_image_ids(client, set(named.values()))
+    missing = sorted({image for image in named.values() if image not in present})
+    if missing:
+        raise ComposeCommandFailed(f"`./run pull` fetched no image {', '.join(missing)} and none of that name is "
+                                   f"present: {pull_error.message}",
+                                   "log in to the registry that serves it (Enterprise: `docker login "
+                                   "registry.mender.io` with the Mender Enterprise credentials) or `docker load` "
+                                   "it, then run again")
+    log(f"`./run pull` could not fetch every image; all {len(present)} images the release names are present "
+        "locally and are used as they are")

@@ -25,7 +25,8 @@ HEALTH_PORT = 8080
 PROBE_TIMEOUT_S = 3.0
 
 # Compose service -> the internal health path the service serves on :8080. Read from the
-# `mender.healthcheck.path` labels of the real compose files (3.0.2, 3.6.5, Enterprise files);
+# `mender.healthcheck.path` labels of the real compose files (3.0.2, 3.6.5, Enterprise files)
+# and the paths backend-tests/tests/test_health.py probes;
 # 2.7.2's traefik labels name the same path for deployments.
 INTERNAL_HEALTH_PATHS: dict[str, str] = {
     "mender-deployments": "/api/internal/v1/deployments/health",
@@ -38,6 +39,8 @@ INTERNAL_HEALTH_PATHS: dict[str, str] = {
     "mender-iot-manager": "/api/internal/v1/iot-manager/health",
     "mender-auditlogs": "/api/internal/v1/auditlogs/health",
     "mender-devicemonitor": "/api/internal/v1/devicemonitor/health",
+    # Enterprise's tenantadm has no label in any release; backend-tests/tests/test_health.py probes it here.
+    "mender-tenantadm": "/api/internal/v1/tenantadm/health",
     "mender-reporting": "/api/internal/v1/reporting/health",
 }
 

@@ -76,7 +76,7 @@ def dry_run_task(settings: UpgradeSettings, hops: list[str], pull: bool = False)
     def check_and_pull(root) -> None:
         repository.check_compose_config(root)
         if pull:
-            containers.pull_images(root)
+            containers.pull_images(root, _docker(), log=get_run_logger().warning)
     results = repository.dry_run(repository.open_integration(settings.integration_dir), hops, check=check_and_pull)
     get_run_logger().info(f"dry run of {len(results)} hop(s): merges and configuration checks pass"
                           + ("; images pulled" if pull else ""))

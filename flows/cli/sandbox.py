@@ -13,7 +13,8 @@ app = typer.Typer(no_args_is_help=True, help="The throw-away Mender installation
 
 
 def _print_status(info: dict) -> None:
-    table = Table(title=f"sandbox: Mender {info.get('version') or '-'}")
+    edition = " Enterprise" if info.get("enterprise") else ""
+    table = Table(title=f"sandbox: Mender {info.get('version') or '-'}{edition}")
     table.add_column("service")
     table.add_column("state")
     services = info.get("services")
@@ -30,13 +31,16 @@ def sandbox_up(version: str = typer.Option("2.6.4", "--version", help="Mender re
                artifacts_gib: float = typer.Option(0, "--artifacts-gib", min=0, max=64,
                                                    help="also write this many GiB of incompressible artifacts"),
                fleet: int = typer.Option(1, "--fleet", min=1, max=15,
-                                         help="devices per tenant, as a multiple of the default 19")) -> None:
+                                         help="devices per tenant, as a multiple of the default 19"),
+               enterprise: bool = typer.Option(False, "--enterprise",
+                                               help="Mender Enterprise (config/enterprise.yml; real files only)")) -> None:
     """Start dockerd, the registry mirror and S3 if needed, build stand-ins, run Mender VERSION.
 
     MENDER_INTEGRATION_UPSTREAM=<path, URL or bundle of mendersoftware/integration> makes the
-    operator's clone from that real repository; unset, from the generated fixture repository."""
+    operator's clone from that real repository; unset, from the generated fixture repository.
+    With --enterprise the clone carries the Enterprise configuration as the docs make it."""
     from mender_upgrade.sandbox import stack
-    stack.up(version, log=dim, artifacts_gib=artifacts_gib, fleet=fleet)
+    stack.up(version, log=dim, artifacts_gib=artifacts_gib, fleet=fleet, enterprise=enterprise)
     _print_status(stack.status())
 
 

@@ -14,12 +14,14 @@ from mender_upgrade.sandbox.integration_fixture import OPERATOR_STORAGE_HOST
 from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
-from mender_upgrade.tasks.containers import project_states, run_compose
+from mender_upgrade.tasks import service_health
+from mender_upgrade.tasks.containers import project_states, pull_images, run_compose
+from mender_upgrade.tasks.errors import ComposeCommandFailed
 from mender_upgrade.tasks.mongo import server_info
 from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.test_serve_shutdown import wait_for
-from tests.sandbox.test_real_stack import _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
+from tests.sandbox.test_real_stack import _ip, _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.sandbox
 
@@ -116,3 +118,53 @@ def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_
         assert git.Repo(sb.integration).git.describe("--tags", "--abbrev=0") == "3.7.11"
     finally:
         stack.down()
+
+
+@needs_upstream
+def test_real_files_upgrade_3_6_5_to_3_7_11_enterprise(prefect_api, real_upstream):  # noqa: F811
+    sb = stack.up("3.6.5", enterprise=True)
+    try:
+        old = project_states(sb.client)
+        assert old["mender-tenantadm"].image == "registry.mender.io/mendersoftware/tenantadm:mender-3.6.5"
+        state, run_id, _ = run_flow(flow_settings(sb, "3.7.11", health_timeout_s=150), answer=lambda d: (True, "ok"))
+        report = report_of(run_id)
+        assert state.is_completed(), f"{state.message}\n{report}"
+        # registry.mender.io serves no pull here (as on a host without `docker login`): the run
+        # goes on with the 3.7.11 images present and says so.
+        wait_for(lambda: "images the release names are present locally" in everything_recorded(run_id)[1], 60,
+                 "the dry run's pull warning in the run's logs")
+        states = project_states(sb.client)
+        named = compose_images(run_compose(sb.integration, ["config"]))
+        assert {s: st.image for s, st in states.items()} == named
+        assert named["mender-tenantadm"] == "registry.mender.io/mendersoftware/tenantadm:mender-3.7.11"
+        assert states["mender-mongo"].image == "mongo:5.0" and all(st.ok for st in states.values())
+        # every API service, Enterprise's included, serves its internal health path
+        targets = {s: (_ip(sb.client.containers.get(st.container_id)), path) for s, st in states.items()
+                   if (path := service_health.health_path(s, sb.client.containers.get(st.container_id).labels))}
+        assert {"mender-tenantadm", "mender-auditlogs", "mender-devicemonitor"} <= set(targets)
+        answers = service_health.probe_health(targets)
+        assert all(a.status == 200 for a in answers.values()), answers
+        with sb.mongo() as mongo:
+            assert server_info(mongo).feature_compatibility_version == "5.0"
+        repo = git.Repo(sb.integration)
+        assert repo.git.describe("--tags", "--abbrev=0") == "3.7.11"
+        assert (sb.integration / "production/config/enterprise.yml").is_file() and not repo.is_dirty()
+        _absent_image_fails_the_pull_named(sb)
+    finally:
+        stack.down()
+
+
+def _absent_image_fails_the_pull_named(sb: stack.Sandbox) -> None:
+    """An image registry.mender.io does not serve here and no local image carries: `./run pull`
+    fails naming it, with the `docker login` hint."""
+    clone = sb.integration.parent / "clone-with-an-absent-image"
+    git.Repo(sb.integration).git.worktree("add", "--quiet", "--detach", str(clone))
+    try:
+        compose = clone / "docker-compose.enterprise.yml"
+        compose.write_text(compose.read_text().replace("tenantadm:mender-3.7.11", "tenantadm:mender-3.7.99"))
+        with pytest.raises(ComposeCommandFailed, match=r"(?s)fetched no image registry\.mender\.io/mendersoftware/"
+                                                       r"tenantadm:mender-3\.7\.99 and none of that name is present"
+                                                       r".*docker login registry\.mender\.io"):
+            pull_images(clone, sb.client)
+    finally:
+        git.Repo(sb.integration).git.worktree("remove", "--force", str(clone))

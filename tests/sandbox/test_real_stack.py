@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -59,13 +60,16 @@ def _assert_nothing_left(home: SandboxHome) -> None:
     assert not home.run.exists()
 
 
-def _check_operator_clone(sb: stack.Sandbox, version: str) -> None:
+def _check_operator_clone(sb: stack.Sandbox, version: str, enterprise: bool = False) -> None:
     repo = git.Repo(sb.integration)
     assert repo.active_branch.name == PRODUCTION_BRANCH and not repo.is_dirty(untracked_files=True)
     own = list(repo.iter_commits(f"{version}..HEAD"))
-    assert [c.message.strip() for c in own] == ["production: final configuration",
+    assert [c.message.strip() for c in own] == [*(["production: Enterprise configuration"] if enterprise else []),
+                                               "production: final configuration",
                                                "production: adding generated keys and certificates",
                                                "production: initial template"]
+    config = sb.integration / "production/config"
+    assert (config / "enterprise.yml").is_file() == enterprise
     prod = (sb.integration / "production/config/prod.yml").read_text()
     settings = [ln for ln in prod.splitlines() if not ln.lstrip().startswith("#")]
     assert not [ln for ln in settings if "set-my-alias-here" in ln or "my-gateway-dns-name" in ln]
@@ -76,14 +80,17 @@ def _check_operator_clone(sb: stack.Sandbox, version: str) -> None:
 
 
 @needs_upstream
-# Suite budget: the real-files flow tests (test_real_flow.py) start from 2.6.4 and 3.6.5 and gate
-# 2.7.2 and 3.0.2 on the way; those four run here on demand only (-m real_extended).
-@pytest.mark.parametrize("version", [*(pytest.param(v, marks=pytest.mark.real_extended)
-                                       for v in ("2.6.4", "2.7.2", "3.0.2", "3.6.5")), "3.7.11"])
-def test_real_release_runs_and_serves(real_upstream, version):
-    sb = stack.up(version)
+# Suite budget: the real-files flow tests (test_real_flow.py) start from 2.6.4, 3.6.5 and 3.6.5
+# Enterprise and gate 2.7.2, 3.0.2 and 3.7.11 Enterprise on the way; those run here on demand
+# only (-m real_extended).
+@pytest.mark.parametrize(("version", "enterprise"), [
+    *(pytest.param(v, False, id=v, marks=pytest.mark.real_extended) for v in ("2.6.4", "2.7.2", "3.0.2", "3.6.5")),
+    pytest.param("3.7.11", False, id="3.7.11"),
+    pytest.param("3.7.11", True, id="3.7.11-enterprise", marks=pytest.mark.real_extended)])
+def test_real_release_runs_and_serves(real_upstream, version, enterprise):
+    sb = stack.up(version, enterprise=enterprise)
     try:
-        _check_operator_clone(sb, version)
+        _check_operator_clone(sb, version, enterprise)
         services = compose_services(sb.integration)
         running = run_compose(sb.integration, ["ps", "--services", "--filter", "status=running"]).split()
         assert sorted(running) == services
@@ -105,6 +112,8 @@ def test_real_release_runs_and_serves(real_upstream, version):
                 "mender-workflows-server", "mender-deviceconnect"} <= set(targets)
         answers = service_health.probe_health(targets)
         assert all(a.status == 200 for a in answers.values()), answers
+        if enterprise:
+            _check_enterprise_services(sb, states, targets)
         # The gateway, as users and devices reach it (published on 127.0.0.1:443 only).
         gateway = _container(sb, "mender-api-gateway")
         bindings = gateway.attrs["HostConfig"]["PortBindings"]["443/tcp"]
@@ -126,6 +135,27 @@ def test_real_release_runs_and_serves(real_upstream, version):
     finally:
         stack.down()
     _assert_nothing_left(sb.home)
+
+
+def _check_enterprise_services(sb: stack.Sandbox, states: dict, targets: dict) -> None:
+    """docker-compose.enterprise.yml's services run from registry.mender.io, each serving its
+    internal health path (tenantadm from the table: it has no label), redis answering PING."""
+    enterprise_only = {"mender-tenantadm", "mender-auditlogs", "mender-devicemonitor",
+                       "mender-generate-delta-worker", "mender-redis"}
+    assert enterprise_only <= set(states)
+    from_registry = {s for s, st in states.items() if st.image.startswith("registry.mender.io/mendersoftware/")}
+    assert from_registry == enterprise_only - {"mender-redis"} | {
+        "mender-deployments", "mender-device-auth", "mender-inventory", "mender-useradm",
+        "mender-workflows-server", "mender-workflows-worker"}, from_registry
+    assert states["mender-redis"].image == "redis:6.0.5-alpine"
+    assert targets["mender-tenantadm"][1] == "/api/internal/v1/tenantadm/health"
+    assert {"mender-auditlogs", "mender-devicemonitor"} <= set(targets)
+    with socket.create_connection((_ip(_container(sb, "mender-redis")), 6379), timeout=10) as redis:
+        redis.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert redis.recv(64) == b"+PONG\r\n"
+    # the gateway routes Enterprise's management APIs behind the user login, as traefik.enterprise.yaml
+    audit = _https("127.0.0.1", 443, "/api/management/v1/auditlogs/logs", OPERATOR_GATEWAY_HOST)
+    assert audit.status == 401, audit
 
 
 class _raw_https:

@@ -9,9 +9,12 @@ import pytest
 import yaml
 
 from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.images import MONGO_VERSIONS, is_docker_hub_name
 from mender_upgrade.sandbox.processes import SandboxError
-from mender_upgrade.sandbox.real_upstream import clone_operator, operator_prod_yml
+from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV, clone_operator, operator_prod_yml, release_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images, infra_recipe, mender_service, missing_standins
+from mender_upgrade.tasks.containers import compose_services, run_compose
 from tests.sandbox.test_real_stack import REAL_UPSTREAM, needs_upstream
 
 
@@ -73,7 +76,16 @@ def test_unknown_version_and_foreign_repository_leave_nothing(bare_upstream, tmp
 
 def test_standin_catalogue_names():
     assert mender_service("mendersoftware/workflows-worker:mender-3.7.11") == ("mender-workflows-worker", "3.7.11")
-    assert mender_service("registry.mender.io/mendersoftware/tenantadm:mender-3.7.11") is None
+    assert mender_service("registry.mender.io/mendersoftware/tenantadm:mender-3.7.11") == ("mender-tenantadm", "3.7.11")
+    assert mender_service("registry.mender.io/mendersoftware/workflows-enterprise-worker:mender-3.6.5") == (
+        "mender-workflows-worker", "3.6.5")
+    # Enterprise-only services are not on Docker Hub; unknown repositories get no stand-in
+    assert mender_service("mendersoftware/tenantadm:mender-3.7.11") is None
+    assert mender_service("registry.mender.io/mendersoftware/mtls-ambassador:mender-3.7.11") is None
+    redis = infra_recipe("redis:6.0.5-alpine").dockerfile("b")
+    assert "HEALTHCHECK" not in redis and "VOLUME /data" in redis
+    assert is_docker_hub_name("mongo:4.4") and is_docker_hub_name("minio/minio:RELEASE.2021-04-22T15-44-28Z")
+    assert not is_docker_hub_name("registry.mender.io/mendersoftware/tenantadm:mender-3.7.11")
     assert "HEALTHCHECK --interval=1m" in infra_recipe("minio/minio:RELEASE.2019-04-23T23-50-36Z").dockerfile("b")
     assert "HEALTHCHECK" not in infra_recipe("minio/minio:RELEASE.2021-04-22T15-44-28Z").dockerfile("b")
     assert "HEALTHCHECK" not in infra_recipe("traefik:v2.8").dockerfile("b")
@@ -82,3 +94,31 @@ def test_standin_catalogue_names():
     assert missing_standins(images, {"mongo:4.4"}) == ["example/x:1"]
     with pytest.raises(SandboxError, match="without an image: c"):
         compose_images("services:\n  c: {build: .}\n")
+
+
+ENTERPRISE_ONLY = {"mender-tenantadm", "mender-auditlogs", "mender-devicemonitor", "mender-generate-delta-worker",
+                   "mender-redis"}
+
+
+@needs_upstream
+def test_enterprise_clone_runs_the_enterprise_compose_files_with_a_standin_for_each_image(bare_upstream, tmp_path):
+    dest = clone_operator(bare_upstream, tmp_path / "integration", "3.6.5", enterprise=True)
+    repo = git.Repo(dest)
+    assert not repo.is_dirty(untracked_files=True)
+    assert repo.head.commit.message.strip() == "production: Enterprise configuration"
+    config = dest / "production/config"
+    assert (config / "enterprise.yml").read_text() == (config / "enterprise.yml.template").read_text()
+    # production/run adds docker-compose.enterprise.yml because config/enterprise.yml exists
+    assert ENTERPRISE_ONLY <= set(compose_services(dest))
+    for release in [dest, *release_files(dest, ["3.7.11"], enterprise=True)]:
+        named = compose_images(run_compose(release, ["config"]))
+        assert missing_standins(named, set(MONGO_VERSIONS)) == [], release
+        pin = "3.6.5" if release == dest else "3.7.11"
+        assert named["mender-tenantadm"] == f"registry.mender.io/mendersoftware/tenantadm:mender-{pin}"
+        assert named["mender-deployments"] == f"registry.mender.io/mendersoftware/deployments-enterprise:mender-{pin}"
+
+
+def test_enterprise_without_the_real_repository_is_refused(monkeypatch):
+    monkeypatch.delenv(UPSTREAM_ENV, raising=False)
+    with pytest.raises(SandboxError, match=r"enterprise: .*real repository.*MENDER_INTEGRATION_UPSTREAM"):
+        stack.up("3.7.11", enterprise=True)

@@ -36,6 +36,12 @@ ROUTES: list[tuple[str, str, int, str | None]] = [
     (r"/api/devices/v\d+/deviceconfig", "mender-deviceconfig", 8080, "devauth"),
     (r"/api/management/v\d+/deviceconfig", "mender-deviceconfig", 8080, "userauth"),
     (r"/api/management/v\d+/iot-manager", "mender-iot-manager", 8080, "userauth"),
+    # Enterprise (config/traefik/traefik.enterprise.yaml): self-service sign-up without a login
+    (r"/api/management/v\d+/tenantadm/tenants/(trial|signup)", "mender-tenantadm", 8080, None),
+    (r"/api/management/v\d+/tenantadm", "mender-tenantadm", 8080, "userauth"),
+    (r"/api/management/v\d+/auditlogs", "mender-auditlogs", 8080, "userauth"),
+    (r"/api/devices/v\d+/devicemonitor", "mender-devicemonitor", 8080, "devauth"),
+    (r"/api/management/v\d+/devicemonitor", "mender-devicemonitor", 8080, "userauth"),
     (r"/", "mender-gui", 80, None),
 ]
 STORAGE = ("minio", 9000)
