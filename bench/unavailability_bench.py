@@ -143,7 +143,8 @@ def tool(sb, store, change_mib: float) -> dict[str, float]:
     return {"probed": prober.unavailable_s(), "measured": measured, "dump": quiet.seconds["dump"],
             "delta": quiet.seconds["delta"], "backup other": backup - quiet.seconds["dump"] - quiet.seconds["delta"],
             "stop writers": stopped, "cycle plan": plan,
-            **{f"cycle {k}": v for k, v in cycle.step_seconds.items() if k != "health"}, "gate": cycle.gate_s, "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
+            **{f"cycle {k}": v for k, v in cycle.step_seconds.items() if k != "health"}, "gate": cycle.gate_s,
+            "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
             "peak RSS MiB": peak_mib}
 
 
