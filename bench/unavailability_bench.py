@@ -11,7 +11,8 @@ changes `--change` of it (a new file) while the server serves, then redeploys th
 
 - tool: hot pre-copy of the volumes (server serving), the change, then the quiet period: stop
   the writers, mongodump + volume delta (verified, to the sandbox's S3), `cycle_containers`
-  (recreates what changes; mongo, minio and the gateway keep running when unchanged);
+  (recreates what changes; mongo, minio and the gateway keep running when unchanged) through its
+  health gate with the gateway smoke, as the flow runs it; its parts are printed;
 - documented: the change, then stop the writers, `mongodump --archive --gzip` and
   `docker run --rm --log-driver none -v VOL:/from IMAGE tar c` of every volume to local files,
   `./run stop`, `./run rm -f`, `./run up -d`, wait until every service is healthy.
