@@ -11,7 +11,8 @@ changes `--change` of it (a new file) while the server serves, then redeploys th
 
 - tool: hot pre-copy of the volumes (server serving), the change, then the quiet period: stop
   the writers, mongodump + volume delta (verified, to the sandbox's S3), `cycle_containers`
-  (recreates what changes; mongo, minio and the gateway keep running when unchanged);
+  (recreates what changes; mongo, minio and the gateway keep running when unchanged) through its
+  health gate with the gateway smoke, as the flow runs it; its parts are printed;
 - documented: the change, then stop the writers, `mongodump --archive --gzip` and
   `docker run --rm --log-driver none -v VOL:/from IMAGE tar c` of every volume to local files,
   `./run stop`, `./run rm -f`, `./run up -d`, wait until every service is healthy.
@@ -36,6 +37,8 @@ import time
 import uuid
 from pathlib import Path
 
+import docker
+
 from mender_upgrade.sandbox import stack
 from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST
 from mender_upgrade.tasks.backup import writer_services
@@ -59,7 +62,10 @@ class Prober:
         state = project_states(self.sb.client).get(service)
         if state is None or state.status != "running":
             return None
-        networks = self.sb.client.containers.get(state.container_id).attrs["NetworkSettings"]["Networks"]
+        try:
+            networks = self.sb.client.containers.get(state.container_id).attrs["NetworkSettings"]["Networks"]
+        except docker.errors.NotFound:  # replaced since it was listed
+            return None
         return next((n["IPAddress"] for n in networks.values() if n.get("IPAddress")), None)
 
     def _ok(self) -> bool:
@@ -126,14 +132,20 @@ def tool(sb, store, change_mib: float) -> dict[str, float]:
         writers = writer_services(sb.client, sb.integration)
         run_compose(sb.integration, ["stop", *writers])
         stopped = time.monotonic() - start
+        t = time.monotonic()
         quiet = finish_backup(sb.client, sb.integration, store, pre, keep_last=1, log=lambda m: None)
-        cycle = cycle_containers(sb.client, sb.integration, stability_window=0, smoke=False)
+        backup = time.monotonic() - t
+        t = time.monotonic()
+        cycle = cycle_containers(sb.client, sb.integration, stability_window=0, smoke=True)
+        plan = time.monotonic() - t - sum(v for k, v in cycle.step_seconds.items() if k != "health")
         measured = cycle.healthy_at - start
     # Peak RSS of this process, which ran the pre-copy and the quiet period (and the prober).
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"probed": prober.unavailable_s(), "measured": measured, "dump": quiet.seconds["dump"],
-            "delta": quiet.seconds["delta"], "stop writers": stopped, "cycle": cycle.downtime_s - cycle.gate_s,
-            "gate": cycle.gate_s, "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
+            "delta": quiet.seconds["delta"], "backup other": backup - quiet.seconds["dump"] - quiet.seconds["delta"],
+            "stop writers": stopped, "cycle plan": plan,
+            **{f"cycle {k}": v for k, v in cycle.step_seconds.items() if k != "health"}, "gate": cycle.gate_s,
+            "pre-copy": pre.seconds, "pre-copy MiB/s": pre.rate / 2**20,
             "peak RSS MiB": peak_mib}
 
 

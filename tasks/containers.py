@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import docker
@@ -50,6 +51,9 @@ def compose_services(integration: Path) -> list[str]:
     return sorted(run_compose(integration, ["config", "--services"]).split())
 
 
+HealthTest = tuple[str, ...]  # an image's HEALTHCHECK test: ("CMD", ...), ("CMD-SHELL", "...")
+
+
 @dataclass(frozen=True)
 class ServiceState:
     service: str
@@ -61,19 +65,26 @@ class ServiceState:
     ip: str | None = None  # on the compose network; reachable from the host on Linux
     health_path: str | None = None  # probed on :8080 (the compose label, else the table)
     env: dict[str, str] = field(default_factory=dict)
+    health_test: HealthTest = ()  # the container's HEALTHCHECK test, () without one
+    own_test_passed: bool = False  # health "starting": the gate ran health_test itself, and it passed
 
     @property
     def ok(self) -> bool:
-        return self.status == "running" and self.health in (None, "healthy")
+        return self.status == "running" and (self.health in (None, "healthy")
+                                             or (self.health == "starting" and self.own_test_passed))
 
     def describe(self) -> str:
-        return self.status if self.health is None else f"{self.status}/{self.health}"
+        if self.health is None:
+            return self.status
+        passed = " (its HEALTHCHECK test passed when the gate ran it)" if self.own_test_passed else ""
+        return f"{self.status}/{self.health}{passed}"
 
 
 def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[str, ServiceState]:
     """Each service's container state, read through the Docker API by compose labels."""
     states: dict[str, ServiceState] = {}
-    for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
+    # ignore_removed: compose's `up --force-recreate` removes old containers between the list and the inspect.
+    for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True):
         attrs = c.attrs
         service = c.labels.get(SERVICE_LABEL, "?")
         networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
@@ -83,8 +94,56 @@ def project_states(client: docker.DockerClient, project: str = PROJECT) -> dict[
             service=service, container_id=c.id, image=attrs["Config"]["Image"],
             status=attrs["State"]["Status"], health=(attrs["State"].get("Health") or {}).get("Status"),
             restart_count=attrs.get("RestartCount", 0), ip=ip,
-            health_path=service_health.health_path(service, c.labels), env=env)
+            health_path=service_health.health_path(service, c.labels), env=env,
+            health_test=tuple((attrs["Config"].get("Healthcheck") or {}).get("Test") or ()))
     return states
+
+
+def _exec_argv(test: HealthTest) -> list[str] | None:
+    """The command of a HEALTHCHECK test as `docker exec` runs it (None: no test to run)."""
+    if test[:1] == ("CMD",) and len(test) > 1:
+        return list(test[1:])
+    if test[:1] == ("CMD-SHELL",) and len(test) == 2:
+        return ["/bin/sh", "-c", test[1]]
+    return None
+
+
+def own_health_test_passes(client: docker.DockerClient, state: ServiceState,
+                           timeout: float = service_health.PROBE_TIMEOUT_S) -> bool:
+    """Run the container's own HEALTHCHECK test now, as Docker would, bounded by `timeout`.
+    Docker runs it first one interval after the start (the gui image's: 8 s) and says
+    `starting` until then; the test's exit status is the verdict Docker would record."""
+    argv = _exec_argv(state.health_test)
+    if argv is None:
+        return False
+    outcome: list[int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(client.containers.get(state.container_id).exec_run(argv).exit_code)
+        except docker.errors.DockerException:
+            outcome.append(-1)  # gone or stopped meanwhile: not healthy
+
+    worker = threading.Thread(target=run, daemon=True)  # a hung test must not hold the gate
+    worker.start()
+    worker.join(timeout)
+    return outcome == [0]
+
+
+def _with_own_tests(client: docker.DockerClient, states: dict[str, ServiceState], services: list[str],
+                    passed: set[str]) -> dict[str, ServiceState]:
+    """Services whose Docker health is still `starting` and whose own test passed (now, or
+    earlier in this container's life: Docker too counts one pass as healthy until `retries`
+    failures), marked so. `passed` holds the container ids and is updated."""
+    out = dict(states)
+    for s in services:
+        st = states.get(s)
+        if st is None or st.status != "running" or st.health != "starting":
+            continue
+        if st.container_id in passed or own_health_test_passes(client, st):
+            passed.add(st.container_id)
+            out[s] = replace(st, own_test_passed=True)
+    return out
 
 
 def _probe(states: dict[str, ServiceState], services: list[str]) -> dict[str, service_health.Answer]:
@@ -113,7 +172,7 @@ def running_services(client: docker.DockerClient, integration: Path, project: st
     a running service container: no orphans of removed services, no one-off `run` containers."""
     configured = set(compose_services(integration))
     running = {c.labels.get(SERVICE_LABEL) for c in client.containers.list(
-        filters={"label": f"{PROJECT_LABEL}={project}", "status": "running"})
+        filters={"label": f"{PROJECT_LABEL}={project}", "status": "running"}, ignore_removed=True)
         if c.labels.get(ONEOFF_LABEL, "False") != "True"}
     return sorted(configured & running)
 
@@ -127,20 +186,22 @@ class HealthResult:
 
 
 def wait_until_healthy(client: docker.DockerClient, services: list[str], *, project: str = PROJECT,
-                       timeout: float = 300, stability_window: float = 20, poll: float = 0.5,
+                       timeout: float = 300, stability_window: float = 20, poll: float = 0.2,
                        smoke: bool = False) -> HealthResult:
-    """Block until every service runs, is healthy where its image has a healthcheck, answers
-    2xx on its internal health endpoint where it has one, and stays so (same container, same
-    restart count) for `stability_window` seconds; with `smoke`, the gateway must also answer
-    users and devices (`service_health.GATEWAY_ROUTES`)."""
+    """Block until every service runs, is healthy where its image has a healthcheck (Docker
+    says so, or, while Docker still says `starting`, the same test passed when the gate ran it),
+    answers 2xx on its internal health endpoint where it has one, and stays so (same container,
+    same restart count) for `stability_window` seconds; with `smoke`, the gateway must also
+    answer users and devices (`service_health.GATEWAY_ROUTES`)."""
     deadline = time.monotonic() + timeout
     stable_since: float | None = None
     served_at: float | None = None
     baseline: dict[str, tuple[str, int]] = {}
     first_seen: dict[str, tuple[str, int]] = {}
     checks: list[service_health.RouteCheck] | str = []
+    own_tests_passed: set[str] = set()
     while True:
-        states = project_states(client, project)
+        states = _with_own_tests(client, project_states(client, project), services, own_tests_passed)
         for s in services:
             if s in states:
                 first_seen.setdefault(s, (states[s].container_id, states[s].restart_count))
@@ -253,7 +314,7 @@ def plan_cycle(services: list[str], new_hashes: dict[str, str], running: dict[st
 def running_containers(client: docker.DockerClient, project: str = PROJECT) -> dict[str, RunningService]:
     """The running containers of `project` by service, with what decides whether they change."""
     out: dict[str, RunningService] = {}
-    for c in client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}):
+    for c in client.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}, ignore_removed=True):
         if c.labels.get(ONEOFF_LABEL, "False") == "True":
             continue
         attrs = c.attrs
@@ -271,6 +332,24 @@ def local_image_ids(client: docker.DockerClient, names: set[str]) -> dict[str, s
         except docker.errors.ImageNotFound:
             continue
     return ids
+
+
+def cycle_commands(plan: CyclePlan, services: list[str], *, running: set[str],
+                   closed: bool) -> list[tuple[str, list[str]]]:
+    """The cycle's `./run` commands, named: one `stop` of everything that changes and still
+    runs, together (in the quiet period the writers are stopped already, so often only the
+    gateway of a closed hop, or nothing), then one `up` that creates the changing services
+    again and removes orphans. `--no-deps`: a plain `up` would also recreate the kept
+    gateway, because compose recreates every service whose dependencies were recreated;
+    `--force-recreate` replaces the stopped containers (their removal included) in the same
+    call. Closed: the gateway is stopped and not started again."""
+    stop = [s for s in plan.recreate if s in running]
+    if closed and GATEWAY_SERVICE in running:
+        stop.append(GATEWAY_SERVICE)
+    commands = [("stop", ["stop", *stop])] if stop else []
+    if plan.recreate:
+        return commands + [("up", ["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans", *plan.recreate])]
+    return commands + [("up", ["up", "-d", "--no-deps", "--remove-orphans", *services])]
 
 
 @dataclass
@@ -300,10 +379,10 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
     reaches the new services before the next hop's cycle (a rollback of a later hop restores
     the backup taken before the first, and would lose what was written in between); the gate
     checks every other service, without the gateway smoke."""
-    services = compose_services(integration)
+    hashes = config_hashes(integration)  # names every service too: one compose call less
+    services = sorted(hashes)
     running = running_containers(client, project)
-    plan = plan_cycle(services, config_hashes(integration), running,
-                      local_image_ids(client, {r.image for r in running.values()}))
+    plan = plan_cycle(services, hashes, running, local_image_ids(client, {r.image for r in running.values()}))
     if closed and GATEWAY_SERVICE in services:
         plan = CyclePlan(recreate=[s for s in plan.recreate if s != GATEWAY_SERVICE],
                          keep=[s for s in plan.keep if s != GATEWAY_SERVICE])
@@ -314,15 +393,7 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
         log(f"kept running (image and configuration unchanged): {', '.join(plan.keep)}")
     steps: dict[str, float] = {}
     start = time.monotonic()
-    # `up --no-deps` first: a plain `up` would also recreate the kept gateway, because compose
-    # recreates every service whose dependencies were (re)created. The second `up` then finds
-    # everything current and only removes the orphans (closed: only those of `services`, so the
-    # gateway is not started).
-    stop = [*plan.recreate, GATEWAY_SERVICE] if closed and GATEWAY_SERVICE in running else plan.recreate
-    orphans = ["up", "-d", "--no-deps", "--remove-orphans", *services] if closed else ["up", "-d", "--remove-orphans"]
-    for name, args in [("stop", ["stop", *stop]), ("rm", ["rm", "-f", *plan.recreate]),
-                       ("up", ["up", "-d", "--no-deps", *plan.recreate]),
-                       ("orphans", orphans)]:
+    for name, args in cycle_commands(plan, services, running=set(running), closed=closed):
         log(f"./run {' '.join(args)}")
         t = time.monotonic()
         run_compose(integration, args)
@@ -339,7 +410,8 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
 
 def _summary(state: ServiceState, answer: service_health.Answer | None) -> str:
     served = f", {state.health_path} {answer}" if answer is not None else ""
-    return f"{state.status}/{state.health or '-'}{served} ({state.image})"
+    own = " (own HEALTHCHECK test passed)" if state.own_test_passed else ""
+    return f"{state.status}/{state.health or '-'}{own}{served} ({state.image})"
 
 
 def wait_for_engine(client: docker.DockerClient, timeout: float = 120, poll: float = 1) -> None:

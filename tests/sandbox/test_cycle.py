@@ -82,7 +82,7 @@ def test_good_upgrade_removes_the_storage_proxy_orphan_and_records_downtime(sand
             assert f"{path} HTTP 200" in report.services[service], report.services
     assert report.gateway == []  # the fixture's gateway routes nothing: the smoke is not asked for
     assert 0 < report.downtime_s < 120
-    assert set(report.step_seconds) == {"stop", "rm", "up", "orphans", "health"}
+    assert set(report.step_seconds) == {"stop", "up", "health"}  # the writers ran: one stop, one up
     # mongo and minio run the same image and configuration in both releases: never stopped;
     # every Mender service and the new gateway were created again.
     after = {s: (st.container_id, sandbox.client.containers.get(st.container_id).attrs["State"]["StartedAt"])

@@ -4,13 +4,19 @@ the operator's clone of the real repository, its own `./run`, a stand-in under e
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 import git
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
 from mender_upgrade.sandbox import stack
-from mender_upgrade.sandbox.integration_fixture import OPERATOR_STORAGE_HOST
+from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
 from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
@@ -18,6 +24,7 @@ from mender_upgrade.tasks import service_health
 from mender_upgrade.tasks.containers import project_states, pull_images, run_compose
 from mender_upgrade.tasks.errors import ComposeCommandFailed
 from mender_upgrade.tasks.mongo import server_info
+from mender_upgrade.tasks.service_health import call
 from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.test_serve_shutdown import wait_for
@@ -26,13 +33,47 @@ from tests.sandbox.test_real_stack import _ip, _raw_https, needs_upstream, real_
 pytestmark = pytest.mark.sandbox
 
 
+class _GatewayProber:
+    """From its own thread, every 0.3 s, what a user gets from 127.0.0.1:443: (wall time, whether
+    the gateway answered at all; any HTTP status counts)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, bool]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            answer = call("127.0.0.1", 443, "/api/management/v1/useradm/auth/login", method="POST", tls=True,
+                          host=OPERATOR_GATEWAY_HOST, timeout=1)
+            self.samples.append((time.time(), answer.status is not None))
+            self._stop.wait(0.3)
+
+    def __enter__(self) -> "_GatewayProber":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _cycle_task_runs(run_id: str) -> list[tuple[datetime, datetime]]:
+    """(start, end) of each cycle-containers task run of the flow run, in order."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])),
+                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="cycle-containers")))
+    return sorted((r.start_time, r.end_time) for r in runs if r.start_time and r.end_time)
+
+
 @needs_upstream
 def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_upstream):  # noqa: F811
     sb = stack.up("2.6.4")
     try:
         assert "storage-proxy" in project_states(sb.client)
-        state, run_id, asked = run_flow(flow_settings(sb, "3.0.2", health_timeout_s=150),
-                                        answer=lambda d: (True, "ok"))
+        with _GatewayProber() as prober:
+            state, run_id, asked = run_flow(flow_settings(sb, "3.0.2", health_timeout_s=150),
+                                            answer=lambda d: (True, "ok"))
         report = report_of(run_id)
         assert state.is_completed(), f"{state.message}\n{report}"
         assert state.result()["hops"] == ["2.7.2", "3.0.2"]
@@ -63,6 +104,14 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
         checks = wait_for(storage_checks, 60, "the gate's storage smoke in the run's logs")
         assert len(checks) == 1 and all(ln.endswith(", ok") for ln in checks), checks
         assert "**completed**" in report
+        # One quiet period across the hops: from the end of the first hop's cycle until the last
+        # hop's cycle began, the gateway never answered a user (the prober saw it serve before
+        # and after, so it could have).
+        (_, first_end), (last_start, _) = [(a.timestamp(), b.timestamp()) for a, b in _cycle_task_runs(run_id)]
+        between = [answered for t, answered in prober.samples if first_end <= t <= last_start]
+        assert between and not any(between), f"{sum(between)} of {len(between)} probes answered between the hops"
+        assert any(answered for t, answered in prober.samples if t < first_end)
+        assert prober.samples[-1][1]
     finally:
         stack.down()
 

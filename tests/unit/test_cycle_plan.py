@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from mender_upgrade.tasks.containers import CyclePlan, RunningService, is_mender_image, plan_cycle
+from dataclasses import replace
+
+from mender_upgrade.tasks.containers import (
+    CyclePlan,
+    RunningService,
+    ServiceState,
+    _exec_argv,
+    cycle_commands,
+    is_mender_image,
+    plan_cycle,
+)
 
 SERVICES = ["mender-api-gateway", "mender-deployments", "mender-mongo", "mender-nats", "minio"]
 IMAGES = {"mender-api-gateway": "traefik:v2.4", "mender-deployments": "mendersoftware/deployments:mender-2.7.2",
@@ -52,3 +62,47 @@ def test_mender_images_are_recognised_under_every_registry_spelling():
     assert is_mender_image("registry.mender.io/mendersoftware/tenantadm:mender-3.7.11")
     assert is_mender_image("docker.io/mendersoftware/gui:mender-3.8.5")
     assert not is_mender_image("mongo:5.0") and not is_mender_image("traefik:v2.10")
+
+
+PLAN = CyclePlan(recreate=["mender-deployments", "mender-gui"], keep=["mender-api-gateway", "mender-mongo"])
+ALL = sorted([*PLAN.recreate, *PLAN.keep])
+
+
+def test_in_the_quiet_period_the_stopped_writers_are_not_stopped_again_and_one_up_recreates_them():
+    assert cycle_commands(PLAN, ALL, running={"mender-api-gateway", "mender-mongo"}, closed=False) == [
+        ("up", ["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans", "mender-deployments", "mender-gui"])]
+
+
+def test_whatever_changes_and_still_runs_stops_together_first():
+    running = {"mender-api-gateway", "mender-mongo", "mender-deployments", "mender-gui"}
+    commands = cycle_commands(PLAN, ALL, running=running, closed=False)
+    assert commands[0] == ("stop", ["stop", "mender-deployments", "mender-gui"])
+    assert [name for name, _ in commands] == ["stop", "up"]
+
+
+def test_a_closed_hop_stops_the_running_gateway_and_does_not_start_it():
+    services = [s for s in ALL if s != "mender-api-gateway"]
+    plan = CyclePlan(recreate=PLAN.recreate, keep=["mender-mongo"])
+    commands = cycle_commands(plan, services, running={"mender-api-gateway", "mender-mongo"}, closed=True)
+    assert commands[0] == ("stop", ["stop", "mender-api-gateway"])
+    assert "mender-api-gateway" not in commands[1][1]
+
+
+def test_nothing_to_recreate_still_removes_orphans_without_recreating_anything():
+    plan = CyclePlan(recreate=[], keep=ALL)
+    assert cycle_commands(plan, ALL, running=set(ALL), closed=False) == [
+        ("up", ["up", "-d", "--no-deps", "--remove-orphans", *ALL])]
+
+
+def test_the_gate_runs_a_healthcheck_test_as_docker_does():
+    assert _exec_argv(("CMD", "wget", "-q", "127.0.0.1")) == ["wget", "-q", "127.0.0.1"]
+    assert _exec_argv(("CMD-SHELL", "curl -f localhost || exit 1")) == ["/bin/sh", "-c", "curl -f localhost || exit 1"]
+    assert _exec_argv(("NONE",)) is None and _exec_argv(()) is None
+
+
+def test_a_starting_service_counts_only_once_its_own_test_passed():
+    starting = ServiceState("mender-gui", "c1", "mendersoftware/gui:mender-2.7.2", "running", "starting", 0,
+                            health_test=("CMD", "wget", "127.0.0.1"))
+    assert not starting.ok
+    assert replace(starting, own_test_passed=True).ok
+    assert not replace(starting, health="unhealthy", own_test_passed=True).ok
