@@ -13,10 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import yaml
-
 from mender_upgrade.sandbox.home import STANDINS
 from mender_upgrade.sandbox.processes import SandboxError
+from mender_upgrade.tasks.containers import config_images
 
 INFRA = STANDINS / "infra"
 # mendersoftware/<repository> -> the compose service that runs it
@@ -108,12 +107,11 @@ def has_standin(image: str, mongo_images: set[str]) -> bool:
 
 def compose_images(config_yaml: str) -> dict[str, str]:
     """service -> image from `./run config` output."""
-    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
-    out = {name: svc.get("image") for name, svc in services.items()}
+    out = config_images(config_yaml)
     missing = sorted(name for name, image in out.items() if not image)
     if missing:
         raise SandboxError(f"the compose files define services without an image: {', '.join(missing)}")
-    return out
+    return {name: image for name, image in out.items() if image}
 
 
 def missing_standins(images: dict[str, str], mongo_images: set[str]) -> list[str]:

@@ -447,10 +447,15 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     return down
 
 
+def config_images(config_yaml: str) -> dict[str, str | None]:
+    """Service -> its image name in `./run config` output (None: built, no image named)."""
+    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
+    return {name: svc.get("image") for name, svc in services.items()}
+
+
 def release_images(integration: Path) -> dict[str, str]:
     """Service -> the image name the current checkout's compose files give it (`./run config`)."""
-    services = (yaml.safe_load(run_compose(integration, ["config"])) or {}).get("services") or {}
-    return {name: svc["image"] for name, svc in services.items() if svc.get("image")}
+    return {name: image for name, image in config_images(run_compose(integration, ["config"])).items() if image}
 
 
 def pull_images(integration: Path, client: docker.DockerClient | None = None, timeout: float = 1800,
@@ -468,9 +473,10 @@ def pull_images(integration: Path, client: docker.DockerClient | None = None, ti
         pull_error = failed
     client = client or docker.from_env()
     named = release_images(integration)
+    present = local_image_ids(client, set(named.values()))
     # compose v2 stops pulling at the first failure (v1 pulls the rest; neither skips a registry
     # it cannot reach, `--ignore-pull-failures` or not): each image still absent on its own.
-    for service in sorted(s for s, image in named.items() if image not in local_image_ids(client, {image})):
+    for service in sorted(s for s, image in named.items() if image not in present):
         try:
             run_compose(integration, ["pull", service], timeout=timeout)
         except ComposeCommandFailed as failed:
