@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import git
 from docker.errors import NotFound
 from pymongo import MongoClient
 
 from mender_upgrade.sandbox import images, standin_catalogue
 from mender_upgrade.sandbox.engine import ensure_engine
 from mender_upgrade.sandbox.home import SandboxHome
-from mender_upgrade.sandbox.integration_fixture import create_operator_clone, create_upstream
+from mender_upgrade.sandbox.integration_fixture import PRODUCTION_BRANCH, create_operator_clone, create_upstream
 from mender_upgrade.sandbox.processes import SandboxError
 from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV, clone_operator, configured_upstream, release_files
 from mender_upgrade.sandbox.registry import registry_answers, start_registry, stop_registry
@@ -130,7 +131,8 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
     for name in EXTERNAL_VOLUMES:
         client.volumes.create(name, labels={SANDBOX_LABEL: "true"})
     home.write_state(version=version, upstream=str(upstream), integration=str(integration), dirty=False,
-                     real_upstream=real_upstream is not None, enterprise=enterprise)
+                     real_upstream=real_upstream is not None, enterprise=enterprise,
+                     production_head=git.Repo(integration).head.commit.hexsha)
     edition = f"{version} Enterprise" if enterprise else version
     log(f"starting Mender {edition} with the clone's own ./run up -d")
     run_compose(integration, ["up", "-d"])
@@ -142,7 +144,7 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
         t = time.monotonic()
         summary.artifacts |= seed_bulk(sandbox, artifacts_gib)
         log(f"wrote {artifacts_gib:g} GiB of artifacts in {time.monotonic() - t:.1f} s")
-    home.write_state(seeded_old_clients=summary.inventory_old_clients, artifacts_gib=artifacts_gib)
+    home.write_state(seeded_old_clients=summary.inventory_old_clients, artifacts_gib=artifacts_gib, fleet=fleet)
     elapsed = time.monotonic() - t0
     log(f"sandbox up: Mender {edition}, {len(services)} services healthy, in {elapsed:.1f} s")
     with open(home.logs / "up-times.log", "a") as times:  # kept by `down`: start-time history
@@ -181,6 +183,43 @@ def seed_bulk(sandbox: Sandbox, gib: float) -> dict[str, str]:
     """Add `gib` GiB of incompressible artifacts to the running sandbox's storage volume."""
     minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
     return seed_bulk_artifacts(minio, gib)
+
+
+def reset(home: SandboxHome | None = None, log=print, stability_window: float = 3) -> Sandbox:
+    """Bring the running sandbox back to the state `up` left it in, without rebuilding or
+    re-cloning: the production branch at the commit `up` made, the tool's marker refs gone,
+    every service of that commit recreated where its image or configuration differ (orphans of a
+    newer release removed), the database and the artifact volume seeded again. For the tests'
+    dirty cases on the real files, where a full `up` waits a minute for minio's first health check."""
+    t0 = time.monotonic()
+    sandbox = attach(home)
+    state = sandbox.home.read_state()
+    if state.get("artifacts_gib"):
+        raise SandboxError("reset: this sandbox holds bulk artifacts; run `mender-upgrade sandbox up` instead")
+    repo = git.Repo(sandbox.integration)
+    repo.git.worktree("prune")
+    repo.git.checkout("--quiet", "--force", PRODUCTION_BRANCH)
+    repo.git.reset("--quiet", "--hard", state["production_head"])
+    repo.git.clean("--quiet", "-d", "--force")
+    for ref in repo.git.for_each_ref("--format=%(refname)", "refs/mender-upgrade/").split():
+        repo.git.update_ref("-d", ref)
+    # `./run up -d` would wait for minio's first health check (60 s); each service is started
+    # without its dependencies' conditions, as the tool's own cycle does.
+    services = compose_services(sandbox.integration)
+    run_compose(sandbox.integration, ["up", "-d", "--no-deps", "--remove-orphans", *services])
+    wait_until_healthy(sandbox.client, services, timeout=180, stability_window=stability_window)
+    with sandbox.mongo() as mongo:
+        for name in mongo.list_database_names():
+            if name not in ("admin", "local", "config"):
+                mongo.drop_database(name)
+    minio = sandbox.client.containers.get(project_states(sandbox.client)["minio"].container_id)
+    wiped = minio.exec_run(["sh", "-c", "find /export -mindepth 1 -delete"])
+    if wiped.exit_code:
+        raise SandboxError(f"reset: could not empty the artifact volume: {wiped.output.decode(errors='replace')}")
+    summary = seed(sandbox, state.get("fleet", 1))
+    sandbox.home.write_state(dirty=False, seeded_old_clients=summary.inventory_old_clients)
+    log(f"sandbox reset: Mender {sandbox.version}, {len(services)} services healthy, in {time.monotonic() - t0:.1f} s")
+    return sandbox
 
 
 def mark_dirty(sandbox: Sandbox) -> None:

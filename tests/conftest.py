@@ -12,6 +12,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+from tests.realfiles import real_upstream  # noqa: E402,F401 (the fixture, for every test folder)
+
 BASE_VERSION = "2.6.4"
 
 
@@ -36,12 +38,13 @@ def _sandbox_session():
 
 @pytest.fixture
 def sandbox(_sandbox_session):
-    """The sandbox at Mender 2.6.4, healthy and seeded; brought back to that state first when a
-    test before changed the version or marked it dirty; removed when the session ends."""
+    """The sandbox at Mender 2.6.4 on the generated fixture repository, healthy and seeded;
+    brought back to that state first when a test before changed the version, marked it dirty
+    or ran the real files' sandbox; removed when the session ends."""
     from mender_upgrade.sandbox import stack
 
     state = _sandbox_session.home.read_state()
-    if state.get("dirty") or state.get("version") != BASE_VERSION:
+    if state.get("dirty") or state.get("version") != BASE_VERSION or state.get("real_upstream"):
         return stack.up(BASE_VERSION)
     return stack.attach(_sandbox_session.home)
 

@@ -1,5 +1,10 @@
 """The fault matrix: each test injects one fault or bad input, then asserts the five invariants.
 
+It runs on the real `mendersoftware/integration` files at 2.6.4 (the operator's clone, its own
+`./run`, a stand-in under every image name the compose files name), upgrading to 2.7.2 across
+the storage-proxy alias change; the rollback cases' release that runs but does not serve is the
+real 2.7.2 tagged in the clone with a deployments image whose migration never ends.
+
 Every test is marked `fault(case=..., injected=...)` and tells the `fault` fixture what the tool
 did; a hook records case, injection, reaction and whether every invariant held (the test
 passed) into `.sandbox/reliability/results.json` and a markdown table beside it, from which
@@ -17,15 +22,18 @@ from typing import Iterator
 import git
 import pytest
 
-from mender_upgrade.sandbox.releases import Release
+from mender_upgrade.sandbox import stack
+from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks.backup import ensure_verified_backup, list_backups, newest_verified_backup
-from mender_upgrade.tasks.containers import compose_services, project_states, wait_until_healthy
+from mender_upgrade.tasks.containers import compose_services, project_states, run_compose, wait_until_healthy
 from mender_upgrade.tasks.repository import FAILED_PREFIX, PRE_UPGRADE_PREFIX, markers
 from mender_upgrade.tasks.restore import check_archives
 from mender_upgrade.tasks.settings import BackupSettings, UpgradeSettings, load_settings
 from mender_upgrade.tasks.store import BackupStore
 from mender_upgrade.tasks.versions import STABLE_TAG
 from mender_upgrade.tasks.volumes import HELPER_LABEL
+from tests.conftest import BASE_VERSION
+from tests.realfiles import REAL_UPSTREAM, UPSTREAM_ENV
 from tests.sandbox.conftest import mongo_snapshot
 
 RESULTS = Path(__file__).resolve().parents[2] / ".sandbox" / "reliability"
@@ -95,6 +103,24 @@ def fault(request) -> FaultRecord:
     return record
 
 
+@pytest.fixture
+def sandbox(_sandbox_session, monkeypatch):
+    """The real-files sandbox at 2.6.4, healthy and seeded: brought up when the session's sandbox
+    is another (the fixture repository's, another release), reset (`stack.reset`: clone,
+    containers, data) when a test before marked it dirty."""
+    if REAL_UPSTREAM is None:
+        pytest.skip(f"the fault matrix runs on the real integration files: no {UPSTREAM_ENV} and no shared bundle")
+    monkeypatch.setenv(UPSTREAM_ENV, REAL_UPSTREAM)
+    home = _sandbox_session.home
+    state = home.read_state()
+    if (not state.get("real_upstream") or state.get("enterprise") or state.get("artifacts_gib")
+            or state.get("version") != BASE_VERSION or "production_head" not in state):
+        return stack.up(BASE_VERSION)
+    if state.get("dirty"):
+        return stack.reset(home)
+    return stack.attach(home)
+
+
 @dataclass
 class Before:
     """The state an invariant compares with: taken before the fault is injected."""
@@ -102,6 +128,7 @@ class Before:
     branch: str
     version: str
     mongo: dict
+    images: dict[str, str]  # service -> image of every running container
     dirt: dict[str, bytes] = field(default_factory=dict)  # files the test itself left changed
 
 
@@ -111,7 +138,11 @@ def take_before(sandbox, dirt: tuple[str, ...] = ()) -> Before:
     with sandbox.mongo() as m:
         snapshot = mongo_snapshot(m)
     return Before(repo.head.commit.hexsha, repo.active_branch.name, sandbox.version, snapshot,
-                  {p: (sandbox.integration / p).read_bytes() for p in dirt})
+                  _running_images(sandbox), {p: (sandbox.integration / p).read_bytes() for p in dirt})
+
+
+def _running_images(sandbox) -> dict[str, str]:
+    return {s: st.image for s, st in project_states(sandbox.client).items()}
 
 
 @contextmanager
@@ -153,7 +184,7 @@ def run_backups(sandbox, settings: UpgradeSettings) -> BackupStore:
 
 def assert_invariants(sandbox, before: Before, backups: BackupStore, history: str,
                       says: list[str], new_version: str | None = None, new_data: bool = False,
-                      run: UpgradeSettings | None = None, old_images: dict[str, str] | None = None) -> None:
+                      run: UpgradeSettings | None = None) -> None:
     """The five invariants of the fault matrix, after a case.
 
     1 healthy on the old (or `new_version`); 2 the newest verified backup the `run` made (when
@@ -162,15 +193,15 @@ def assert_invariants(sandbox, before: Before, backups: BackupStore, history: st
     state before (unless `new_data`: a completed upgrade may add); 4 the clone is on the
     production branch, clean (but for the test's own dirt), with a pre-upgrade marker at the old
     commit when anything was merged, no marker among the tags, and `git describe --tags` (what
-    ./run exports as INTEGRATION_VERSION) naming the old release when that runs; 5 the history (report or message) says `says`.
-    `old_images`: service -> image of the old release when it is not the fixture's (the real files)."""
+    ./run exports as INTEGRATION_VERSION) naming the old release when that runs; 5 the history (report or message) says `says`."""
     # 1
     services = compose_services(sandbox.integration)
     wait_until_healthy(sandbox.client, services, timeout=180, stability_window=2)
-    images = {s: st.image for s, st in project_states(sandbox.client).items()}
-    old = old_images or Release(before.version).images()
-    allowed = [old] + ([Release(new_version).images()] if new_version else [])
-    assert images in allowed, f"running images are neither {before.version} nor {new_version}: {images}"
+    images = _running_images(sandbox)
+    old = before.images
+    # The new release: what its compose files name (`./run config` of the clone as it is now).
+    allowed = [old] + ([compose_images(run_compose(sandbox.integration, ["config"]))] if new_version else [])
+    assert images in allowed, f"running images are neither {before.version}'s nor {new_version}'s: {images}"
     helpers = sandbox.client.containers.list(all=True, filters={"label": HELPER_LABEL})
     assert not helpers, f"volume helper containers left behind: {[c.name for c in helpers]}"
     # 2

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from mender_upgrade.flows.cli import app
 from mender_upgrade.sandbox import engine, stack
-from mender_upgrade.sandbox.integration_fixture import add_broken_release
 from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.s3 import S3_PORT
 from mender_upgrade.tasks.repository import FAILED_PREFIX, markers
@@ -30,6 +29,7 @@ from mender_upgrade.tasks.errors import UpgradeError
 from mender_upgrade.tasks.settings import load_settings
 from mender_upgrade.tasks.containers import compose_services, project_states
 from tests.faults.conftest import assert_invariants, run_backups, take_before, why_of
+from tests.realfiles import broken_release
 from tests.flowrun import flow_settings, report_of, run_flow
 from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
 from tests.sandbox.faultproxy import FaultProxy
@@ -108,11 +108,11 @@ def test_dockerd_restart_during_up(prefect_api, sandbox, fault):
                             "healthcheck, and never answers its health endpoint")
 def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbox, fault):
     stack.mark_dirty(sandbox)
-    add_broken_release(sandbox.upstream)
     before = take_before(sandbox)
     artifacts = artifact_snapshot(sandbox)
-    settings = flow_settings(sandbox, BROKEN_VERSION, health_timeout_s=25)
-    state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
+    with broken_release(sandbox.integration) as target:
+        settings = flow_settings(sandbox, target, health_timeout_s=25)
+        state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
     assert state.is_failed()
     report = report_of(run_id)
     fault.did = why_of(report)
@@ -246,7 +246,6 @@ def _report_if_any(run_id: str) -> str:
                             f"the artifact volume; target {BROKEN_VERSION}, which never gets healthy")
 def test_writes_during_precopy_survive_a_rollback(prefect_api, sandbox, fault):
     stack.mark_dirty(sandbox)
-    add_broken_release(sandbox.upstream)
     before = take_before(sandbox)
     after_writes: dict = {}
 
@@ -264,8 +263,9 @@ def test_writes_during_precopy_survive_a_rollback(prefect_api, sandbox, fault):
 
     proxy = FaultProxy(S3_PORT, on_request=([b"volumes/mender-artifacts.tar", b"partNumber=1"], write_while_serving))
     try:
-        settings = flow_settings(sandbox, BROKEN_VERSION, health_timeout_s=25, backup={"endpoint_url": proxy.url})
-        state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
+        with broken_release(sandbox.integration) as target:
+            settings = flow_settings(sandbox, target, health_timeout_s=25, backup={"endpoint_url": proxy.url})
+            state, run_id, _ = run_flow(settings, answer=lambda d: (True, ""))
     finally:
         proxy.close()
     assert proxy.on_request is None, "nothing was written during the pre-copy"

@@ -77,11 +77,15 @@ def test_dirty_working_tree(prefect_api, sandbox, fault, baseline):
         stray.unlink()
 
 
-@pytest.mark.fault(case="merge conflict", injected="a committed local edit of a file 2.7.2 deletes")
+@pytest.mark.fault(case="merge conflict", injected="a committed local edit of the line 2.7.2 changes: the deployments "
+                                                  "image pinned to a hotfix build")
 def test_merge_conflict_is_found_by_the_dry_run(prefect_api, sandbox, fault, baseline):
-    with committed_change(sandbox, "storage-proxy/nginx.conf", lambda t: t.replace("1024", "4096")):
+    def pin_hotfix(text: str) -> str:
+        assert "mendersoftware/deployments:mender-2.6.4\n" in text
+        return text.replace("mendersoftware/deployments:mender-2.6.4\n", "mendersoftware/deployments:mender-2.6.4-hotfix1\n")
+    with committed_change(sandbox, "docker-compose.yml", pin_hotfix):
         _, _, asked = _refused_flow(sandbox, fault, baseline, flow_settings(sandbox, "2.7.2"),
-                                    ["**refused**", "dry run", "storage-proxy/nginx.conf", "nothing was changed"])
+                                    ["**refused**", "dry run", "docker-compose.yml", "nothing was changed"])
     assert asked == []
 
 

@@ -7,7 +7,6 @@ import hashlib
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
 from uuid import UUID
 
 import git
@@ -17,7 +16,6 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskR
 
 from mender_upgrade.sandbox import stack
 from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
-from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
@@ -25,10 +23,10 @@ from mender_upgrade.tasks.containers import project_states, pull_images, run_com
 from mender_upgrade.tasks.errors import ComposeCommandFailed
 from mender_upgrade.tasks.mongo import server_info
 from mender_upgrade.tasks.service_health import call
-from tests.faults.conftest import assert_invariants, run_backups, take_before
 from tests.flowrun import everything_recorded, flow_settings, report_of, run_flow
 from tests.test_serve_shutdown import wait_for
-from tests.sandbox.test_real_stack import _ip, _raw_https, needs_upstream, real_upstream  # noqa: F401 (fixture)
+from tests.realfiles import needs_upstream
+from tests.sandbox.test_real_stack import _ip, _raw_https
 
 pytestmark = pytest.mark.sandbox
 
@@ -67,7 +65,7 @@ def _cycle_task_runs(run_id: str) -> list[tuple[datetime, datetime]]:
 
 
 @needs_upstream
-def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_upstream):  # noqa: F811
+def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_upstream):
     sb = stack.up("2.6.4")
     try:
         assert "storage-proxy" in project_states(sb.client)
@@ -116,44 +114,8 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
         stack.down()
 
 
-def _tag_broken_release(integration: Path) -> str:
-    """Tag `BROKEN_VERSION` in the clone: the real 2.7.2 files with deployments on the stand-in
-    whose migration never ends (process alive, no HEALTHCHECK, :8080 never answering)."""
-    repo = git.Repo(integration)
-    work = integration.parent / "broken-release"
-    repo.git.worktree("add", "--quiet", "--detach", str(work), "2.7.2")
-    try:
-        compose = work / "docker-compose.yml"
-        compose.write_text(compose.read_text().replace("mendersoftware/deployments:mender-2.7.2",
-                                                       f"mendersoftware/deployments:mender-{BROKEN_VERSION}"))
-        git.Repo(work).git.commit("--quiet", "-am", f"Bump versions for Mender {BROKEN_VERSION}")
-        repo.create_tag(BROKEN_VERSION, git.Repo(work).head.commit, message=f"Mender {BROKEN_VERSION}")
-    finally:
-        repo.git.worktree("remove", "--force", str(work))
-    return BROKEN_VERSION
-
-
 @needs_upstream
-@pytest.mark.real_extended  # ~400 s: the fixture's fault matrix runs the same case on every suite run
-def test_real_files_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, real_upstream):  # noqa: F811
-    sb = stack.up("2.6.4")
-    try:
-        old_images = {s: st.image for s, st in project_states(sb.client).items()}
-        target = _tag_broken_release(sb.integration)
-        before = take_before(sb)
-        settings = flow_settings(sb, target, health_timeout_s=30)
-        state, run_id, _ = run_flow(settings, answer=lambda d: (True, "ok"))
-        assert state.is_failed()
-        report = report_of(run_id)
-        assert "mender-deployments" in report and "connection refused" in report, report
-        assert_invariants(sb, before, run_backups(sb, settings), report,
-                          ["**rolled back**", "back on 2.6.4", "not healthy"], run=settings, old_images=old_images)
-    finally:
-        stack.down()
-
-
-@needs_upstream
-def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_api, real_upstream):  # noqa: F811
+def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_api, real_upstream):
     sb = stack.up("3.6.5")
     try:
         assert project_states(sb.client)["mender-mongo"].image == "mongo:4.4"
@@ -170,7 +132,7 @@ def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_
 
 
 @needs_upstream
-def test_real_files_upgrade_3_6_5_to_3_7_11_enterprise(prefect_api, real_upstream):  # noqa: F811
+def test_real_files_upgrade_3_6_5_to_3_7_11_enterprise(prefect_api, real_upstream):
     sb = stack.up("3.6.5", enterprise=True)
     try:
         old = project_states(sb.client)

@@ -8,10 +8,8 @@ variable nor the shared bundle is there.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import subprocess
-from pathlib import Path
 
 import docker
 import git
@@ -26,20 +24,9 @@ from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
 from mender_upgrade.tasks.containers import PROJECT_LABEL, compose_services, project_states, run_compose
+from tests.realfiles import REAL_UPSTREAM, needs_upstream
 
 pytestmark = pytest.mark.sandbox
-
-# The shared data beside the checkout (the developers' and CI's layout: <folder>/main and <folder>/shared).
-SHARED_BUNDLE = Path(__file__).resolve().parents[3] / "shared" / "upstream" / "mendersoftware-integration.bundle"
-REAL_UPSTREAM = os.environ.get(UPSTREAM_ENV) or (str(SHARED_BUNDLE) if SHARED_BUNDLE.exists() else None)
-needs_upstream = pytest.mark.skipif(REAL_UPSTREAM is None, reason=f"no {UPSTREAM_ENV} and no shared bundle")
-
-
-@pytest.fixture
-def real_upstream(monkeypatch) -> str:
-    monkeypatch.setenv(UPSTREAM_ENV, REAL_UPSTREAM)
-    return REAL_UPSTREAM
-
 
 def _container(sb: stack.Sandbox, service: str):
     return sb.client.containers.get(project_states(sb.client)[service].container_id)

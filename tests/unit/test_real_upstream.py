@@ -15,7 +15,7 @@ from mender_upgrade.sandbox.processes import SandboxError
 from mender_upgrade.sandbox.real_upstream import UPSTREAM_ENV, clone_operator, operator_prod_yml, release_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images, infra_recipe, mender_service, missing_standins
 from mender_upgrade.tasks.containers import compose_services, run_compose
-from tests.sandbox.test_real_stack import REAL_UPSTREAM, needs_upstream
+from tests.realfiles import REAL_UPSTREAM, needs_upstream
 
 
 @pytest.fixture(scope="module")
