@@ -202,7 +202,10 @@ def restore_backup(client: docker.DockerClient, integration: Path, store: Backup
                     restore_volume_object(client, image, pins[obj.key](), obj, progress=progress)
         finally:
             log("starting the services again")
-            run_compose(integration, ["start", *others])
+            # Not `./run start`: it waits for minio's first health check after its restart (a
+            # minute on the 2.x images, `service_healthy` dependencies); the gate below waits for
+            # what matters. `up --no-deps` starts the stopped containers as they were.
+            run_compose(integration, ["up", "-d", "--no-deps", *others])
     with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
         diffs = compare_counts(manifest.counts, mongo_mod.collection_counts(m))
     if diffs:

@@ -48,7 +48,10 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
             log(f"resetting the production branch to {pre_upgrade_ref}")
             reset_branch(integration, pre_upgrade_tag)
             log("starting the old version")
-            run_compose(integration, ["up", "-d", "--remove-orphans"])
+            # --no-deps: a plain `./run up -d` waits for minio's first health check (a minute on
+            # the 2.x images: storage-proxy and, from 2.7, deployments depend on `service_healthy`);
+            # the health gate below sees every service serve, minio's own check included.
+            run_compose(integration, ["up", "-d", "--no-deps", "--remove-orphans", *compose_services(integration)])
             mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
             restore_backup(client, integration, store, manifest, host_id=store.host_id, project=project,
                            health_timeout=health_timeout, stability_window=stability_window, log=log, pins=pins)
