@@ -19,8 +19,8 @@ case "$cmd" in
     demo)
         # The demo runs on the real mendersoftware/integration repository when its bundle is in
         # the shared data beside the checkout (<folder>/main and <folder>/shared, as the real-files
-        # tests find it), on the generated fixture repository otherwise. Only the demo: the suite's
-        # fault matrix runs on the fixture, and its real-files tests find the bundle themselves.
+        # tests find it), on the generated fixture repository otherwise. The suite's real-files
+        # tests and fault matrix find the bundle themselves.
         bundle="$(cd .. && pwd -P)/shared/upstream/mendersoftware-integration.bundle"
         if [ -z "${MENDER_INTEGRATION_UPSTREAM:-}" ] && [ -f "$bundle" ]; then
             export MENDER_INTEGRATION_UPSTREAM="$bundle"
