@@ -335,20 +335,22 @@ def local_image_ids(client: docker.DockerClient, names: set[str]) -> dict[str, s
 
 
 def cycle_commands(plan: CyclePlan, services: list[str], *, running: set[str],
-                   closed: bool) -> list[tuple[str, list[str]]]:
+                   closed: bool, waited: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, list[str]]]:
     """The cycle's `./run` commands, named: one `stop` of everything that changes and still
     runs, together (in the quiet period the writers are stopped already, so often only the
     gateway of a closed hop, or nothing), then one `up` that creates the changing services
     again and removes orphans. `--no-deps`: a plain `up` would also recreate the kept
     gateway, because compose recreates every service whose dependencies were recreated;
     `--force-recreate` replaces the stopped containers (their removal included) in the same
-    call. Closed: the gateway is stopped and not started again."""
+    call. Closed: the gateway is stopped and not started again. `waited`: services others
+    depend on with `service_healthy`, started in a call of their own (`up_commands`)."""
     stop = [s for s in plan.recreate if s in running]
     if closed and GATEWAY_SERVICE in running:
         stop.append(GATEWAY_SERVICE)
     commands = [("stop", ["stop", *stop])] if stop else []
     if plan.recreate:
-        return commands + [("up", ["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans", *plan.recreate])]
+        return commands + up_commands(["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans"],
+                                      plan.recreate, set(waited))
     return commands + [("up", ["up", "-d", "--no-deps", "--remove-orphans", *services])]
 
 
@@ -371,7 +373,8 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
 
     Pull first (`pull_images`): it needs no downtime. Mongo, minio, nats and the gateway keep
     running when neither their image nor their configuration changes: recreating them only
-    adds downtime (deployments waits for minio's health check, 60 s apart in the real files).
+    adds downtime. A recreated minio starts in a call of its own (`up_commands`): compose
+    would hold its dependents until minio's first health check, a minute in the real files.
     Downtime runs from the first stop until every service is healthy; services removed
     upstream (storage-proxy in 2.7) go as orphans.
 
@@ -391,9 +394,10 @@ def cycle_containers(client: docker.DockerClient, integration: Path, *, project:
         log(f"{GATEWAY_SERVICE} stays stopped until the last hop's cycle: nothing from outside writes in between")
     if plan.keep:
         log(f"kept running (image and configuration unchanged): {', '.join(plan.keep)}")
+    waited = health_waited(run_compose(integration, ["config"])) if plan.recreate else set()
     steps: dict[str, float] = {}
     start = time.monotonic()
-    for name, args in cycle_commands(plan, services, running=set(running), closed=closed):
+    for name, args in cycle_commands(plan, services, running=set(running), closed=closed, waited=waited):
         log(f"./run {' '.join(args)}")
         t = time.monotonic()
         run_compose(integration, args)
@@ -451,6 +455,39 @@ def config_images(config_yaml: str) -> dict[str, str | None]:
     """Service -> its image name in `./run config` output (None: built, no image named)."""
     services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
     return {name: svc.get("image") for name, svc in services.items()}
+
+
+def health_waited(config_yaml: str) -> set[str]:
+    """The services another service depends on with `condition: service_healthy` in `./run
+    config` output (minio from 2.6's storage-proxy and 2.7's deployments on)."""
+    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
+    waited: set[str] = set()
+    for svc in services.values():
+        depends = (svc or {}).get("depends_on") or {}
+        if isinstance(depends, dict):
+            waited |= {name for name, how in depends.items() if (how or {}).get("condition") == "service_healthy"}
+    return waited
+
+
+def up_commands(args: list[str], services: list[str], waited: set[str]) -> list[tuple[str, list[str]]]:
+    """`./run up -d --no-deps ...` of `services` as one or two named commands. compose waits
+    for the Docker health of a `service_healthy` dependency it starts in the same call, and
+    minio's first check runs a minute after its start (the 2.x images): so the waited-on
+    services start in one call and their dependents in a second one, which does not wait.
+    The health gate after it sees every service serve, minio's own check included."""
+    first = [s for s in services if s in waited]
+    rest = [s for s in services if s not in waited]
+    if not first or not rest:
+        return [("up", [*args, *services])]
+    return [("up", [*args, *first]), ("up dependents", [*args, *rest])]
+
+
+def start_services(integration: Path, services: list[str], *extra: str) -> None:
+    """Start (or create) `services` of the current configuration without compose's wait for
+    a dependency's first health check (`up_commands`); `extra`: more `up` options."""
+    waited = health_waited(run_compose(integration, ["config"]))
+    for _, args in up_commands(["up", "-d", "--no-deps", *extra], services, waited):
+        run_compose(integration, args)
 
 
 def release_images(integration: Path) -> dict[str, str]:

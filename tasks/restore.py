@@ -22,7 +22,7 @@ import docker
 
 from mender_upgrade.tasks import mongo as mongo_mod
 from mender_upgrade.tasks.backup import VOLUME, VOLUME_DELTA, BackupObject, Manifest, OtherHostsBackup, backed_up_volumes
-from mender_upgrade.tasks.containers import PROJECT, run_compose, running_services, wait_until_healthy
+from mender_upgrade.tasks.containers import PROJECT, run_compose, running_services, start_services, wait_until_healthy
 from mender_upgrade.tasks.delta import merge_digest
 from mender_upgrade.tasks.errors import UpgradeError
 from mender_upgrade.tasks.store import BackupStore, ChecksumMismatch, Progress
@@ -202,10 +202,9 @@ def restore_backup(client: docker.DockerClient, integration: Path, store: Backup
                     restore_volume_object(client, image, pins[obj.key](), obj, progress=progress)
         finally:
             log("starting the services again")
-            # Not `./run start`: it waits for minio's first health check after its restart (a
-            # minute on the 2.x images, `service_healthy` dependencies); the gate below waits for
-            # what matters. `up --no-deps` starts the stopped containers as they were.
-            run_compose(integration, ["up", "-d", "--no-deps", *others])
+            # Not `./run start`: it waits for minio's first health check after its restart, a
+            # minute on the 2.x images; the gate below waits for what matters.
+            start_services(integration, others)
     with mongo_mod.connect(mongo_mod.mongo_url(client, project)) as m:
         diffs = compare_counts(manifest.counts, mongo_mod.collection_counts(m))
     if diffs:

@@ -12,7 +12,8 @@ import git
 from mender_upgrade.tasks import mongo as mongo_mod
 from mender_upgrade.tasks import repository
 from mender_upgrade.tasks.backup import Manifest
-from mender_upgrade.tasks.containers import PROJECT, compose_services, run_compose, wait_for_engine, wait_until_healthy
+from mender_upgrade.tasks.containers import (PROJECT, compose_services, run_compose, start_services, wait_for_engine,
+                                             wait_until_healthy)
 from mender_upgrade.tasks.errors import UpgradeError
 from mender_upgrade.tasks.restore import pinned_objects, restore_backup
 from mender_upgrade.tasks.store import BackupStore
@@ -48,10 +49,9 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
             log(f"resetting the production branch to {pre_upgrade_ref}")
             reset_branch(integration, pre_upgrade_tag)
             log("starting the old version")
-            # --no-deps: a plain `./run up -d` waits for minio's first health check (a minute on
-            # the 2.x images: storage-proxy and, from 2.7, deployments depend on `service_healthy`);
-            # the health gate below sees every service serve, minio's own check included.
-            run_compose(integration, ["up", "-d", "--no-deps", "--remove-orphans", *compose_services(integration)])
+            # Not a plain `./run up -d`: it waits for minio's first health check, a minute on the
+            # 2.x images; the health gate below sees every service serve.
+            start_services(integration, compose_services(integration), "--remove-orphans")
             mongo_mod.wait_for_mongo(mongo_mod.mongo_url(client, project))
             restore_backup(client, integration, store, manifest, host_id=store.host_id, project=project,
                            health_timeout=health_timeout, stability_window=stability_window, log=log, pins=pins)

@@ -10,6 +10,7 @@ from mender_upgrade.tasks.containers import (
     ServiceState,
     _exec_argv,
     cycle_commands,
+    health_waited,
     is_mender_image,
     plan_cycle,
 )
@@ -92,6 +93,42 @@ def test_nothing_to_recreate_still_removes_orphans_without_recreating_anything()
     plan = CyclePlan(recreate=[], keep=ALL)
     assert cycle_commands(plan, ALL, running=set(ALL), closed=False) == [
         ("up", ["up", "-d", "--no-deps", "--remove-orphans", *ALL])]
+
+
+# `./run config` of the real 2.6.4 files, abridged: storage-proxy waits for minio's health.
+CONFIG_264 = """
+services:
+  minio:
+    image: minio/minio:RELEASE.2018-09-25T21-34-43Z
+  storage-proxy:
+    image: openresty/openresty:1.13.6.2-0-alpine
+    depends_on:
+      minio:
+        condition: service_healthy
+  mender-deployments:
+    image: mendersoftware/deployments:mender-2.6.4
+    depends_on:
+      mender-mongo:
+        condition: service_started
+      storage-proxy:
+        condition: service_started
+  mender-mongo:
+    image: mongo:4.4
+version: '2.1'
+"""
+
+
+def test_a_recreated_minio_starts_in_its_own_call_so_compose_does_not_hold_its_dependents():
+    waited = health_waited(CONFIG_264)
+    assert waited == {"minio"}
+    plan = CyclePlan(recreate=["mender-deployments", "minio", "storage-proxy"], keep=["mender-mongo"])
+    commands = cycle_commands(plan, sorted([*plan.recreate, *plan.keep]), running=set(), closed=False, waited=waited)
+    args = ["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans"]
+    assert commands == [("up", [*args, "minio"]), ("up dependents", [*args, "mender-deployments", "storage-proxy"])]
+
+
+def test_list_form_depends_on_waits_for_nothing():
+    assert health_waited("services:\n  a:\n    depends_on: [b]\n  b: {}\n") == set()
 
 
 def test_the_gate_runs_a_healthcheck_test_as_docker_does():
