@@ -23,7 +23,8 @@ from mender_upgrade.sandbox.releases import RUNNABLE_VERSIONS, Release
 from mender_upgrade.sandbox.s3 import S3Endpoint, start_s3, stop_s3
 from mender_upgrade.sandbox.seed import MAX_FLEET, SeedSummary, seed_artifacts, seed_bulk_artifacts, seed_mongo
 from mender_upgrade.tasks.versions import Version
-from mender_upgrade.tasks.containers import PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose, wait_until_healthy
+from mender_upgrade.tasks.containers import (PROJECT, PROJECT_LABEL, compose_services, project_states, run_compose,
+                                             start_services, wait_until_healthy)
 
 SANDBOX_LABEL = "org.mender-upgrade.sandbox"
 EXTERNAL_VOLUMES = ["mender-artifacts", "mender-db"]
@@ -135,8 +136,10 @@ def up(version: str = "2.6.4", home: SandboxHome | None = None, log=print,
                      production_head=git.Repo(integration).head.commit.hexsha)
     edition = f"{version} Enterprise" if enterprise else version
     log(f"starting Mender {edition} with the clone's own ./run up -d")
-    run_compose(integration, ["up", "-d"])
     services = compose_services(integration)
+    # minio in a call of its own: a plain `./run up -d` waits a minute for its first health check
+    # (the real files' `service_healthy`); the gate below waits for every service to serve.
+    start_services(integration, services)
     wait_until_healthy(client, services, timeout=180, stability_window=stability_window)
     sandbox = Sandbox(home, client, s3, upstream, integration, version, real_upstream is not None, enterprise)
     summary = seed(sandbox, fleet)
@@ -190,7 +193,7 @@ def reset(home: SandboxHome | None = None, log=print, stability_window: float = 
     re-cloning: the production branch at the commit `up` made, the tool's marker refs gone,
     every service of that commit recreated where its image or configuration differ (orphans of a
     newer release removed), the database and the artifact volume seeded again. For the tests'
-    dirty cases on the real files, where a full `up` waits a minute for minio's first health check."""
+    dirty cases: seconds instead of a full `up`'s clone, image checks and registry pushes."""
     t0 = time.monotonic()
     sandbox = attach(home)
     state = sandbox.home.read_state()
@@ -203,10 +206,8 @@ def reset(home: SandboxHome | None = None, log=print, stability_window: float = 
     repo.git.clean("--quiet", "-d", "--force")
     for ref in repo.git.for_each_ref("--format=%(refname)", "refs/mender-upgrade/").split():
         repo.git.update_ref("-d", ref)
-    # `./run up -d` would wait for minio's first health check (60 s); each service is started
-    # without its dependencies' conditions, as the tool's own cycle does.
     services = compose_services(sandbox.integration)
-    run_compose(sandbox.integration, ["up", "-d", "--no-deps", "--remove-orphans", *services])
+    start_services(sandbox.integration, services, "--remove-orphans")
     wait_until_healthy(sandbox.client, services, timeout=180, stability_window=stability_window)
     with sandbox.mongo() as mongo:
         for name in mongo.list_database_names():

@@ -67,9 +67,9 @@ def _check_operator_clone(sb: stack.Sandbox, version: str, enterprise: bool = Fa
 
 
 @needs_upstream
-# Suite budget: the real-files flow tests (test_real_flow.py) start from 2.6.4, 3.6.5 and 3.6.5
-# Enterprise and gate 2.7.2, 3.0.2 and 3.7.11 Enterprise on the way; those run here on demand
-# only (-m real_extended).
+# Suite budget: the real-files flow tests (test_real_flow.py) and the fault matrix start from
+# 2.6.4, 3.6.5 and 3.6.5 Enterprise and gate 2.7.2, 3.0.2, 3.7.11 and 3.7.11 Enterprise on the
+# way; 3.7.11 runs here on every suite run, the others on demand (-m real_extended).
 @pytest.mark.parametrize(("version", "enterprise"), [
     *(pytest.param(v, False, id=v, marks=pytest.mark.real_extended) for v in ("2.6.4", "2.7.2", "3.0.2", "3.6.5")),
     pytest.param("3.7.11", False, id="3.7.11"),
