@@ -19,7 +19,7 @@ from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OP
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
-from mender_upgrade.tasks.containers import project_states, pull_images, run_compose
+from mender_upgrade.tasks.containers import compose_services, project_states, pull_images, run_compose, wait_until_healthy
 from mender_upgrade.tasks.errors import ComposeCommandFailed
 from mender_upgrade.tasks.mongo import server_info
 from mender_upgrade.tasks.service_health import call
@@ -56,6 +56,13 @@ class _GatewayProber:
         self._thread.join()
 
 
+def _gate_passes(sb: stack.Sandbox) -> None:
+    """Every service healthy as the tool's gate sees it. A recreated minio's Docker health says
+    `starting` for its first minute (its first check runs 60 s after the start; the cycle no
+    longer waits for it): the gate runs that same check in the container meanwhile."""
+    wait_until_healthy(sb.client, compose_services(sb.integration), timeout=30, stability_window=0, smoke=False)
+
+
 def _cycle_task_runs(run_id: str) -> list[tuple[datetime, datetime]]:
     """(start, end) of each cycle-containers task run of the flow run, in order."""
     with get_client(sync_client=True) as client:
@@ -83,7 +90,8 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
         # What runs is what the real 3.0.2 files name; storage-proxy is gone.
         states = project_states(sb.client)
         assert {s: st.image for s, st in states.items()} == compose_images(run_compose(sb.integration, ["config"]))
-        assert "storage-proxy" not in states and all(st.ok for st in states.values())
+        assert "storage-proxy" not in states
+        _gate_passes(sb)
         # The 2.7 alias patch: the storage name devices hold in artifact links is an alias of the
         # gateway, which routes it to minio; a seeded artifact comes back byte for byte.
         gateway = sb.client.containers.get(states["mender-api-gateway"].container_id)
@@ -123,7 +131,8 @@ def test_real_files_upgrade_3_6_5_to_3_7_11_moves_mongo_to_5_0_with_fcv(prefect_
         assert state.is_completed(), f"{state.message}\n{report_of(run_id)}"
         states = project_states(sb.client)
         assert {s: st.image for s, st in states.items()} == compose_images(run_compose(sb.integration, ["config"]))
-        assert states["mender-mongo"].image == "mongo:5.0" and all(st.ok for st in states.values())
+        assert states["mender-mongo"].image == "mongo:5.0"
+        _gate_passes(sb)
         with sb.mongo() as mongo:
             assert server_info(mongo).feature_compatibility_version == "5.0"
         assert git.Repo(sb.integration).git.describe("--tags", "--abbrev=0") == "3.7.11"
@@ -148,7 +157,8 @@ def test_real_files_upgrade_3_6_5_to_3_7_11_enterprise(prefect_api, real_upstrea
         named = compose_images(run_compose(sb.integration, ["config"]))
         assert {s: st.image for s, st in states.items()} == named
         assert named["mender-tenantadm"] == "registry.mender.io/mendersoftware/tenantadm:mender-3.7.11"
-        assert states["mender-mongo"].image == "mongo:5.0" and all(st.ok for st in states.values())
+        assert states["mender-mongo"].image == "mongo:5.0"
+        _gate_passes(sb)
         # every API service, Enterprise's included, serves its internal health path
         targets = {s: (_ip(sb.client.containers.get(st.container_id)), path) for s, st in states.items()
                    if (path := service_health.health_path(s, sb.client.containers.get(st.container_id).labels))}
