@@ -10,6 +10,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -335,7 +336,7 @@ def local_image_ids(client: docker.DockerClient, names: set[str]) -> dict[str, s
 
 
 def cycle_commands(plan: CyclePlan, services: list[str], *, running: set[str],
-                   closed: bool, waited: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, list[str]]]:
+                   closed: bool, waited: AbstractSet[str] = frozenset()) -> list[tuple[str, list[str]]]:
     """The cycle's `./run` commands, named: one `stop` of everything that changes and still
     runs, together (in the quiet period the writers are stopped already, so often only the
     gateway of a closed hop, or nothing), then one `up` that creates the changing services
@@ -350,7 +351,7 @@ def cycle_commands(plan: CyclePlan, services: list[str], *, running: set[str],
     commands = [("stop", ["stop", *stop])] if stop else []
     if plan.recreate:
         return commands + up_commands(["up", "-d", "--no-deps", "--force-recreate", "--remove-orphans"],
-                                      plan.recreate, set(waited))
+                                      plan.recreate, waited)
     return commands + [("up", ["up", "-d", "--no-deps", "--remove-orphans", *services])]
 
 
@@ -451,25 +452,28 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
     return down
 
 
+def _config_services(config_yaml: str) -> dict[str, dict]:
+    """Service -> its definition in `./run config` output."""
+    return {name: svc or {} for name, svc in ((yaml.safe_load(config_yaml) or {}).get("services") or {}).items()}
+
+
 def config_images(config_yaml: str) -> dict[str, str | None]:
     """Service -> its image name in `./run config` output (None: built, no image named)."""
-    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
-    return {name: svc.get("image") for name, svc in services.items()}
+    return {name: svc.get("image") for name, svc in _config_services(config_yaml).items()}
 
 
 def health_waited(config_yaml: str) -> set[str]:
     """The services another service depends on with `condition: service_healthy` in `./run
     config` output (minio from 2.6's storage-proxy and 2.7's deployments on)."""
-    services = (yaml.safe_load(config_yaml) or {}).get("services") or {}
     waited: set[str] = set()
-    for svc in services.values():
-        depends = (svc or {}).get("depends_on") or {}
+    for svc in _config_services(config_yaml).values():
+        depends = svc.get("depends_on") or {}
         if isinstance(depends, dict):
             waited |= {name for name, how in depends.items() if (how or {}).get("condition") == "service_healthy"}
     return waited
 
 
-def up_commands(args: list[str], services: list[str], waited: set[str]) -> list[tuple[str, list[str]]]:
+def up_commands(args: list[str], services: list[str], waited: AbstractSet[str]) -> list[tuple[str, list[str]]]:
     """`./run up -d --no-deps ...` of `services` as one or two named commands. compose waits
     for the Docker health of a `service_healthy` dependency it starts in the same call, and
     minio's first check runs a minute after its start (the 2.x images): so the waited-on
