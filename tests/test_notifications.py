@@ -228,11 +228,19 @@ def test_the_secret_of_a_renamed_key_reaches_no_run_input_event_or_webhook(notif
     expected = {"prefect.flow-run.Paused", "prefect.flow-run.Failed"}
     wait_until(lambda: expected <= {p["event"] for p in notifications.for_run(run_id)},
                what=f"the Paused and Failed webhook calls of {run_id}")
-    _, recorded = everything_recorded(run_id)
-    # What the scan reads holds the description, the renamed key and the webhook calls: the secret
-    # had every chance to be there.
+    # The server's automations send the webhook as soon as an event arrives; its event persister
+    # writes events to the database in batches, seconds later. The scan must read them too.
+    recorded = ""
+
+    def both_events_recorded() -> bool:
+        nonlocal recorded
+        recorded = everything_recorded(run_id)[1]
+        return all(f'"event":"{event}"' in recorded.replace(" ", "") for event in expected)
+
+    wait_until(both_events_recorded, what=f"the Paused and Failed events of {run_id} in the server's database")
+    # What the scan reads holds the description, the renamed key and the events: the secret had
+    # every chance to be there.
     assert "`services.minio.environment.MINIO_SECRET_KEY`: customized" in recorded
-    assert '"event":"prefect.flow-run.Paused"' in recorded.replace(" ", "")
     sent = json.dumps(notifications.for_run(run_id))
     assert RENAMED_KEYS_SECRET not in recorded and RENAMED_KEYS_SECRET not in sent
     assert "minio-secret-here" not in recorded + sent
