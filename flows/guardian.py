@@ -73,7 +73,7 @@ class QuietGuard:
 
     def note(self, undo) -> None:
         """What the run changed so far (`undo`: mender_upgrade.flows.upgrade._Undo)."""
-        self.state.update(writers=undo.writers, cleanup=undo.cleanup, first_tag=undo.first_tag, cycled=undo.cycled,
+        self.state.update(writers=undo.writers, cleanup=undo.cleanup, first_marker=undo.first_marker, cycled=undo.cycled,
                           manifest_key=undo.backup.key if undo.backup else None)
         self._send({"state": self.state, "report": self.report.to_dict()})
 
@@ -113,10 +113,10 @@ def recover(settings: UpgradeSettings, state: dict, report: RunReport, why: str)
     from mender_upgrade.tasks import steps
     from mender_upgrade.tasks.backup import read_manifest
 
-    if state.get("cycled") and state.get("manifest_key") and state.get("first_tag"):
+    if state.get("cycled") and state.get("manifest_key") and state.get("first_marker"):
         manifest = read_manifest(settings.backup_store(), state["manifest_key"])
         try:
-            steps.rollback_task(settings, manifest, state["first_tag"])
+            steps.rollback_task(settings, manifest, state["first_marker"])
         except Exception as exc:
             report.outcome = Outcome.FAILED
             report.reason = f"{why}; the guardian's rollback failed: {getattr(exc, 'message', exc)}"
@@ -125,7 +125,7 @@ def recover(settings: UpgradeSettings, state: dict, report: RunReport, why: str)
         report.reason = f"{why}; the guardian rolled back: the server is back on {state['current']} with backup {manifest.backup_id}"
         return
     undo = _Undo(settings, report, "")
-    undo.writers, undo.cleanup, undo.first_tag = state.get("writers", []), state.get("cleanup", False), state.get("first_tag")
+    undo.writers, undo.cleanup, undo.first_marker = state.get("writers", []), state.get("cleanup", False), state.get("first_marker")
     report.outcome = Outcome.CANCELLED if why == CANCELLED else Outcome.FAILED
     report.reason = undo.run(f"{why}; the guardian undid it")
 

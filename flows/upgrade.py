@@ -41,7 +41,7 @@ from mender_upgrade.tasks.cleanup import Leftovers
 from mender_upgrade.tasks.errors import UpgradeError
 from mender_upgrade.tasks.host_policy import HostFileUnsafe, ParametersWiden
 from mender_upgrade.tasks.precopy import PreCopy
-from mender_upgrade.tasks.repository import HopReview
+from mender_upgrade.tasks.repository import HopReview, marker_ref
 from mender_upgrade.tasks.run_record import Outcome
 from mender_upgrade.tasks.settings import UpgradeSettings
 from mender_upgrade.tasks.signatures import plan_digest
@@ -266,8 +266,8 @@ def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _Quie
     undo.hop = hop
     with timed(report, f"merge {hop}"), quiet.part("merge"):
         result = steps.hop_task(settings, current, hop)
-    undo.first_tag = undo.first_tag or result.merge.pre_upgrade_tag
-    undo.hop_tag = result.merge.pre_upgrade_tag
+    undo.first_marker = undo.first_marker or result.merge.pre_upgrade_marker
+    undo.hop_marker = result.merge.pre_upgrade_marker
     undo.note()
     report.warnings += result.warnings
     old_mongo, new_mongo = mongo_major(Version.parse(current)), mongo_major(Version.parse(hop))
@@ -282,7 +282,7 @@ def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _Quie
     report.kept[hop] = cycle.kept
     if old_mongo != new_mongo:
         steps.mongo_hop_finish_task(settings, new_mongo)
-    undo.hop_tag = None  # deployed: only a rollback can take it back now
+    undo.hop_marker = None  # deployed: only a rollback can take it back now
 
 
 def _undo_or_roll_back(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, undo: _Undo,
@@ -293,9 +293,10 @@ def _undo_or_roll_back(settings: UpgradeSettings, report: RunReport, plan: Upgra
         return RunEnded(Outcome.FAILED, undo.run(_why(exc)), exc)
     log = get_run_logger()
     manifest = cast(Manifest, undo.backup)  # recorded before the first cycle
-    log.error(f"upgrade failed: {_message(exc)}; rolling back to {undo.first_tag} with backup {manifest.backup_id}")
+    first_marker = cast(str, undo.first_marker)  # the first hop's merge marked it
+    log.error(f"upgrade failed: {_message(exc)}; rolling back to {marker_ref(first_marker)} with backup {manifest.backup_id}")
     with timed(report, "rollback"), quiet.part("rollback"), _stop_requests_held(log):
-        steps.rollback_task(settings, manifest, cast(str, undo.first_tag))  # the first hop's merge tagged it
+        steps.rollback_task(settings, manifest, first_marker)
     quiet.ended()  # the old version is healthy again
     reason = f"{_message(exc)}; the server is back on {plan.current} with backup {manifest.backup_id}"
     emit_rolled_back(report.run_id, reason)
@@ -406,8 +407,8 @@ class _Undo:
     def __init__(self, settings: UpgradeSettings, report: RunReport, mongo_url: str) -> None:
         self.settings, self.report, self.mongo_url = settings, report, mongo_url
         self.cleanup = False
-        self.first_tag: str | None = None  # the run's first pre-upgrade tag (state before the run)
-        self.hop_tag: str | None = None    # the current hop's tag while its merge is not deployed
+        self.first_marker: str | None = None  # the run's first pre-upgrade marker (state before the run)
+        self.hop_marker: str | None = None    # the current hop's marker while its merge is not deployed
         self.writers: list[str] = []       # stopped for the quiet period: started again by the undo
         self.backup: Manifest | None = None  # this run's verified backup: what a rollback restores
         self.hop = ""                      # the hop under way
@@ -424,12 +425,12 @@ class _Undo:
         Each part is tried even if an earlier one failed. Returns the report's reason: `why`,
         what was undone and what failed."""
         done, failed = [], []
-        if self.first_tag:
+        if self.first_marker:
             try:
-                steps.reset_branch_task(self.settings, self.first_tag)
-                done.append(f"branch reset to {self.first_tag}")
+                steps.reset_branch_task(self.settings, self.first_marker)
+                done.append(f"branch reset to {marker_ref(self.first_marker)}")
             except Exception as exc:  # keep going: the services matter more than the branch
-                failed.append(f"branch reset to {self.first_tag}: {exc}")
+                failed.append(f"branch reset to {marker_ref(self.first_marker)}: {exc}")
         try:
             started = steps.ensure_running_task(self.settings)
             others = [s for s in started if s not in self.writers]

@@ -364,7 +364,7 @@ class MergeResult:
     base: str
     previous_head: str
     commit: str
-    pre_upgrade_tag: str | None
+    pre_upgrade_marker: str | None
     operator_files: list[str] = field(default_factory=list)  # changed on the branch since `base`
     merged_files: list[str] = field(default_factory=list)    # of those, changed upstream too (merged)
 
@@ -454,7 +454,7 @@ def merge_tag(repo: git.Repo, tag: str, *, base: str | None = None, tag_head: bo
 
     On success HEAD is a merge commit of the old HEAD and `tag`, and the old HEAD is marked
     `refs/mender-upgrade/pre-upgrade/<base>-to-<tag>-<UTC time>` (unless `tag_head` is false;
-    `pre_upgrade_tag` holds the marker's name without the namespace). On a conflict
+    `pre_upgrade_marker` holds the marker's name without the namespace). On a conflict
     (the operator's edits against upstream changes) raise MergeConflict with nothing changed.
     """
     validate_version(tag)
@@ -472,14 +472,14 @@ def merge_tag(repo: git.Repo, tag: str, *, base: str | None = None, tag_head: bo
                          "-m", _merge_message(result, branch))
     if tag_head:
         migrate_marker_tags(repo)  # an old marker tag would otherwise still win `git describe`
-        result.pre_upgrade_tag = f"{PRE_UPGRADE_PREFIX}{base}-to-{tag}-{_utc_stamp(now)}"
-        create_marker(repo, result.pre_upgrade_tag, head,
+        result.pre_upgrade_marker = f"{PRE_UPGRADE_PREFIX}{base}-to-{tag}-{_utc_stamp(now)}"
+        create_marker(repo, result.pre_upgrade_marker, head,
                       f"State before upgrading Mender {base} -> {tag} (mender-upgrade)")
     try:
         _git(repo, "merge", "--ff-only", "--quiet", result.commit)
     except GitFailed:
-        if result.pre_upgrade_tag:
-            delete_marker(repo, result.pre_upgrade_tag)
+        if result.pre_upgrade_marker:
+            delete_marker(repo, result.pre_upgrade_marker)
         raise
     return result
 
@@ -711,19 +711,19 @@ def upgrade_hop(repo: git.Repo, old: str, new: str, *, tag_head: bool = True,
                 extra_roots: tuple[Path, ...] = ()) -> HopResult:
     """Merge release `new` into the clone at release `old`, update its configuration, check it.
 
-    If the configuration update or check fails, the hop is undone (back to its pre-upgrade tag;
+    If the configuration update or check fails, the hop is undone (back to its pre-upgrade marker;
     the clone was clean before it, so nothing is lost) and HopFailed says why."""
     merge = merge_tag(repo, new, base=old, tag_head=tag_head)
     try:
         config = update_config(repo, old, new, extra_roots)
         check(Path(repo.working_tree_dir or "."))
     except UpgradeError as exc:
-        if merge.pre_upgrade_tag:
-            _git(repo, "reset", "--hard", "--quiet", marker_ref(merge.pre_upgrade_tag))
-        state = f"the clone is back at {marker_ref(merge.pre_upgrade_tag)}" if merge.pre_upgrade_tag else "the hop was not kept"
+        if merge.pre_upgrade_marker:
+            _git(repo, "reset", "--hard", "--quiet", marker_ref(merge.pre_upgrade_marker))
+        state = f"the clone is back at {marker_ref(merge.pre_upgrade_marker)}" if merge.pre_upgrade_marker else "the hop was not kept"
         raise HopFailed(f"hop {old} -> {new} failed: {exc.message}", f"{state}; {exc.hint}") from exc
     result = HopResult(old, new, merge, config)
-    warning = _describe_warning(repo, new) if merge.pre_upgrade_tag else None
+    warning = _describe_warning(repo, new) if merge.pre_upgrade_marker else None
     result.warnings += [warning] if warning else []
     return result
 
@@ -750,7 +750,7 @@ def update_repository(repo: git.Repo, hops: list[str], *,
                       check: Callable[[Path], None] = check_compose_config,
                       on_hop: Callable[[HopResult], None] = lambda result: None) -> list[HopResult]:
     """Every hop in turn from the current release; a failing hop is undone and raises, the hops
-    before it stay (each has its pre-upgrade tag)."""
+    before it stay (each has its pre-upgrade marker)."""
     return _hops(repo, hops, on_hop, check=check)
 
 
@@ -771,7 +771,7 @@ def temporary_worktree(repo: git.Repo) -> Iterator[git.Repo]:
 def dry_run(repo: git.Repo, hops: list[str], *, check: Callable[[Path], None] = check_compose_config,
             on_hop: Callable[[HopResult], None] = lambda result: None) -> list[HopResult]:
     """The hops in a temporary worktree: conflicts, config changes and checks, without touching
-    the operator's branch, index or files (no pre-upgrade tags either)."""
+    the operator's branch, index or files (no pre-upgrade markers either)."""
     with temporary_worktree(repo) as work:
         return _hops(work, hops, on_hop, check=check, tag_head=False,
                      extra_roots=(Path(repo.working_tree_dir or "."),))

@@ -32,22 +32,22 @@ class RollbackReport:
 
 
 def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore, manifest: Manifest,
-              pre_upgrade_tag: str, *, project: str = PROJECT, health_timeout: float = 300,
+              pre_upgrade_marker: str, *, project: str = PROJECT, health_timeout: float = 300,
               stability_window: float = 5, smoke: bool = True, log: Callable[[str], None] = print) -> RollbackReport:
-    """Reset the branch to marker `pre_upgrade_tag` (the failed attempt stays marked under
+    """Reset the branch to marker `pre_upgrade_marker` (the failed attempt stays marked under
     refs/mender-upgrade/failed-upgrade/), bring the old version up, restore this run's verified
     backup, pass the health gate."""
-    pre_upgrade_ref = repository.marker_ref(pre_upgrade_tag)
+    pre_upgrade_ref = repository.marker_ref(pre_upgrade_marker)
     try:
         wait_for_engine(client)  # the failure may have been the engine itself restarting
-        failed_tag = mark_failed_attempt(integration, pre_upgrade_tag)
+        failed_tag = mark_failed_attempt(integration, pre_upgrade_marker)
         log(f"checking backup {manifest.backup_id} before stopping the new version")
         with pinned_objects(store, manifest) as pins:  # a backup that cannot be restored stops us here
             log("stopping the new version")
             run_compose(integration, ["stop"])
             run_compose(integration, ["rm", "-f"])
             log(f"resetting the production branch to {pre_upgrade_ref}")
-            reset_branch(integration, pre_upgrade_tag)
+            reset_branch(integration, pre_upgrade_marker)
             log("starting the old version")
             # Not a plain `./run up -d`: it waits for minio's first health check, a minute on the
             # 2.x images; the health gate below sees every service serve.
@@ -62,16 +62,16 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
         raise RollbackFailed(f"rollback to {pre_upgrade_ref} failed: {exc}",
                              f"restore by hand: `git reset --hard {pre_upgrade_ref}`, `./run up -d`, then "
                              f"`mender-upgrade restore --manifest {store.uri}/{manifest.key}`") from exc
-    return RollbackReport(pre_upgrade_tag, failed_tag, manifest.backup_id, services)
+    return RollbackReport(pre_upgrade_marker, failed_tag, manifest.backup_id, services)
 
 
-def mark_failed_attempt(integration: Path, pre_upgrade_tag: str) -> str:
-    """Mark HEAD (the failed attempt) `failed-upgrade/<same suffix as pre_upgrade_tag>` under
+def mark_failed_attempt(integration: Path, pre_upgrade_marker: str) -> str:
+    """Mark HEAD (the failed attempt) `failed-upgrade/<same suffix as pre_upgrade_marker>` under
     refs/mender-upgrade/; returns the marker's name. A marker made by an earlier attempt of the
     same rollback (cut short: its process was killed, the guardian rolls back again) is kept:
     it marks the failed attempt, HEAD may already be the old commit."""
     repo = git.Repo(integration)
-    failed_tag = repository.FAILED_PREFIX + pre_upgrade_tag.split("/", 1)[-1]
+    failed_tag = repository.FAILED_PREFIX + pre_upgrade_marker.split("/", 1)[-1]
     if failed_tag in repository.markers(repo, repository.FAILED_PREFIX):
         return failed_tag
     repository.create_marker(repo, failed_tag, repo.head.commit.hexsha,

@@ -162,7 +162,8 @@ def mongo_url_task(settings: UpgradeSettings) -> str:
 def hop_task(settings: UpgradeSettings, old: str, new: str) -> repository.HopResult:
     result = repository.upgrade_hop(repository.open_integration(settings.integration_dir), old, new)
     logger = get_run_logger()
-    logger.info(f"merged {new}: commit {result.merge.commit[:10]}, pre-upgrade tag {result.merge.pre_upgrade_tag}")
+    marker = repository.marker_ref(result.merge.pre_upgrade_marker) if result.merge.pre_upgrade_marker else "none"
+    logger.info(f"merged {new}: commit {result.merge.commit[:10]}, pre-upgrade state marked {marker}")
     for warning in result.warnings:
         logger.warning(warning)
     return result
@@ -214,20 +215,20 @@ def ensure_running_task(settings: UpgradeSettings) -> list[str]:
 
 @task(name="rollback", **ONCE)
 @typed_outside_errors
-def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgrade_tag: str) -> rollback.RollbackReport:
+def rollback_task(settings: UpgradeSettings, manifest: backup.Manifest, pre_upgrade_marker: str) -> rollback.RollbackReport:
     logger = get_run_logger()
     return rollback.roll_back(_docker(wait_s=120), settings.integration_dir, settings.backup_store(), manifest,
-                              pre_upgrade_tag, project=settings.compose_project,
+                              pre_upgrade_marker, project=settings.compose_project,
                               health_timeout=settings.health_timeout_s,
                               stability_window=min(settings.stability_window_s, 10), smoke=settings.gateway_smoke,
                               log=logger.warning)
 
 
 @task(name="reset-branch", **ONCE)
-def reset_branch_task(settings: UpgradeSettings, pre_upgrade_tag: str) -> None:
-    """Undo merges that were never deployed: the branch back to `pre_upgrade_tag`."""
-    rollback.reset_branch(settings.integration_dir, pre_upgrade_tag)
-    get_run_logger().info(f"branch reset to {pre_upgrade_tag}")
+def reset_branch_task(settings: UpgradeSettings, pre_upgrade_marker: str) -> None:
+    """Undo merges that were never deployed: the branch back to `pre_upgrade_marker`."""
+    rollback.reset_branch(settings.integration_dir, pre_upgrade_marker)
+    get_run_logger().info(f"branch reset to {repository.marker_ref(pre_upgrade_marker)}")
 
 
 @task(name="push-to-company-remote", **TRANSIENT)

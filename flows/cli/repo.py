@@ -95,9 +95,9 @@ def _print_hop(result: repository.HopResult, dry: bool) -> None:
     if merge.merged_files:
         line += f", merged your edits in {', '.join(merge.merged_files)}"
     console.print(line)
-    if merge.pre_upgrade_tag:
+    if merge.pre_upgrade_marker:
         # soft_wrap: a command to copy stays on one line
-        console.print(f"  undo: git reset --hard {repository.marker_ref(merge.pre_upgrade_tag)}", soft_wrap=True)
+        console.print(f"  undo: git reset --hard {repository.marker_ref(merge.pre_upgrade_marker)}", soft_wrap=True)
     if result.config.storage_alias:
         console.print(f"  storage alias: {result.config.storage_alias} (now an alias of mender-api-gateway)")
     console.print(f"  configuration commits: {len(result.config.commits)}; ./run config -q passed")
@@ -114,7 +114,7 @@ def repo_update(config: Path = CONFIG, integration: Path = INTEGRATION,
                 show_diff: bool = typer.Option(False, "--diff", help="print the whole diff between the tags"),
                 branch: str = BRANCH) -> None:
     """Merge each hop's release tag into the production branch and carry the template changes
-    into prod.yml, with a pre-upgrade tag per hop (no containers are touched)."""
+    into prod.yml, with a pre-upgrade marker ref (refs/mender-upgrade/pre-upgrade/...) per hop (no containers are touched)."""
     repo = _clone(config, integration)
     result = repository.plan_upgrade(repo, to, branch)
     _print_plan(result)

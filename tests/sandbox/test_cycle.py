@@ -28,7 +28,7 @@ def _merge_and_pull(sandbox, target: str) -> str:
     fetch_tags(repo)
     [hop] = update_repository(repo, [target])
     pull_images(sandbox.integration)
-    return hop.merge.pre_upgrade_tag
+    return hop.merge.pre_upgrade_marker
 
 
 def _images(sandbox) -> dict[str, str]:

@@ -16,7 +16,7 @@ from mender_upgrade.tasks.settings import load_settings
 class _Undo:
     writers = ["mender-deployments"]
     cleanup = False
-    first_tag = None
+    first_marker = None
     cycled = False
     backup = SimpleNamespace(key="20261130T000000Z-x/manifest.json")
 

@@ -197,8 +197,8 @@ def test_merge_lands_where_plain_git_merge_conflicts(upstream: Path, tmp_path: P
     assert set(upstream_files_equal(repo, "2.7.2")) == operator_files("2.6.4")
     assert "storage-proxy/nginx.conf" not in sh(repo, "ls-files")  # upstream deletions land too
     assert sh(repo, "status", "--porcelain") == ""
-    assert result.pre_upgrade_tag.startswith("pre-upgrade/2.6.4-to-2.7.2-")
-    assert repo.commit(r.marker_ref(result.pre_upgrade_tag)).hexsha == head
+    assert result.pre_upgrade_marker.startswith("pre-upgrade/2.6.4-to-2.7.2-")
+    assert repo.commit(r.marker_ref(result.pre_upgrade_marker)).hexsha == head
     assert sh(repo, "tag", "--list", "pre-upgrade/*") == ""  # a marker, not a tag
     assert r.current_version(repo) == "2.7.2"
     assert merge.message.startswith("Merge tag '2.7.2' into production")
@@ -235,7 +235,7 @@ def test_conflict_restores_the_exact_prior_state(upstream: Path, tmp_path: Path,
         r.merge_tag(repo, "2.7.2")
     assert caught.value.paths == [path]
     assert cause in str(caught.value) and "edited locally" in caught.value.hint
-    assert snapshot(repo) == before  # files, index bytes, HEAD, refs (no pre-upgrade tag), worktrees
+    assert snapshot(repo) == before  # files, index bytes, HEAD, refs (no pre-upgrade marker), worktrees
 
 
 def test_patch_merge_and_already_merged(upstream: Path, tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_patch_merge_and_already_merged(upstream: Path, tmp_path: Path) -> None:
     assert set(upstream_files_equal(repo, "2.6.4")) == operator_files("2.6.1")
     head = repo.head.commit.hexsha
     again = r.merge_tag(repo, "2.6.4", base="2.6.4")
-    assert (again.commit, again.pre_upgrade_tag, repo.head.commit.hexsha) == (head, None, head)
+    assert (again.commit, again.pre_upgrade_marker, repo.head.commit.hexsha) == (head, None, head)
 
 
 # --- review material ---------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_dry_run_leaves_the_clone_byte_identical(upstream: Path, tmp_path: Path)
     repo = clone(upstream, tmp_path, "2.6.4")
     before = snapshot(repo)
     results = r.dry_run(repo, ["2.7.2", "3.0.2"], check=no_check)
-    assert [h.merge.pre_upgrade_tag for h in results] == [None, None]
+    assert [h.merge.pre_upgrade_marker for h in results] == [None, None]
     assert results[0].config.storage_alias == fx.OPERATOR_STORAGE_HOST
     assert snapshot(repo) == before
     commit_edit(repo, "docker-compose.yml", lambda t: t.replace("mender-2.6.4", "mender-2.6.4-ops"))

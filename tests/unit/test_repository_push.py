@@ -92,8 +92,8 @@ def test_describe_names_the_running_release_after_a_patch_hop_and_after_a_rollba
     result = r.upgrade_hop(repo, "3.0.0", "3.0.2", check=lambda path: None)
     assert repo.git.describe("--tags", "--abbrev=0") == "3.0.2" and not result.warnings
     attempt = repo.head.commit.hexsha
-    failed = rollback.mark_failed_attempt(root, result.merge.pre_upgrade_tag)  # as roll_back does
-    rollback.reset_branch(root, result.merge.pre_upgrade_tag)
+    failed = rollback.mark_failed_attempt(root, result.merge.pre_upgrade_marker)  # as roll_back does
+    rollback.reset_branch(root, result.merge.pre_upgrade_marker)
     assert repo.git.describe("--tags", "--abbrev=0") == "3.0.0"
     assert r.markers(repo, r.FAILED_PREFIX) == {failed: attempt}
     assert repo.git.tag("--list", "*-upgrade/*") == ""
