@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import docker
+import requests
 import yaml
 
 from mender_upgrade.tasks import service_health
@@ -122,8 +123,8 @@ def own_health_test_passes(client: docker.DockerClient, state: ServiceState,
     def run() -> None:
         try:
             outcome.append(client.containers.get(state.container_id).exec_run(argv).exit_code)
-        except docker.errors.DockerException:
-            outcome.append(-1)  # gone or stopped meanwhile: not healthy
+        except (docker.errors.DockerException, requests.RequestException):
+            outcome.append(-1)  # gone or stopped meanwhile, or the engine is (re)starting: not healthy
 
     worker = threading.Thread(target=run, daemon=True)  # a hung test must not hold the gate
     worker.start()
@@ -438,15 +439,16 @@ def ensure_running(client: docker.DockerClient, integration: Path, *, project: s
                    health_timeout: float = 300, stability_window: float = 5, smoke: bool = True,
                    log=lambda message: None) -> list[str]:
     """After a failure before downtime the current version must still serve: start whatever is
-    not running (`./run up -d` on the unchanged configuration), then the health gate. Returns
+    not running (`start_services`: `./run up -d --no-deps` on the unchanged configuration,
+    without compose's minute of waiting for a restarted minio), then the health gate. Returns
     the services that had to be started."""
     wait_for_engine(client)
     services = compose_services(integration)
     states = project_states(client, project)
     down = [s for s in services if s not in states or states[s].status != "running"]
     if down:
-        log(f"not running: {', '.join(down)}; starting them with ./run up -d")
-        run_compose(integration, ["up", "-d"])
+        log(f"not running: {', '.join(down)}; starting them with ./run up -d --no-deps")
+        start_services(integration, down)
     wait_until_healthy(client, services, project=project, timeout=health_timeout, stability_window=stability_window,
                        smoke=smoke)
     return down

@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import docker
 import pytest
 
 from mender_upgrade.tasks import service_health as sh
@@ -202,3 +203,13 @@ def test_a_running_container_without_an_address_fails_its_probe_unasked():
     answers = _probe(states, list(states))
     assert list(answers) == ["mender-useradm"]  # mongo has no path, inventory does not run
     assert str(answers["mender-useradm"]) == "no address on the compose network"
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_own_health_test_with_the_engine_gone_is_a_plain_no(tmp_path):
+    """dockerd restarting under the gate (the fault matrix's API-error case): the engine's socket
+    is gone; the in-container test counts as not passed, with no traceback from its thread."""
+    from mender_upgrade.tasks.containers import ServiceState, own_health_test_passes
+    gone = docker.DockerClient(base_url=f"unix://{tmp_path}/docker.sock", version="1.41")
+    state = ServiceState("minio", "0" * 64, "minio/minio", "running", "starting", 0, health_test=("CMD", "true"))
+    assert own_health_test_passes(gone, state) is False
