@@ -14,8 +14,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
 
+from mender_upgrade.flows.runner import history
 from mender_upgrade.sandbox import stack
-from mender_upgrade.sandbox.integration_fixture import OPERATOR_GATEWAY_HOST, OPERATOR_STORAGE_HOST
+from mender_upgrade.sandbox.integration_fixture import (OPERATOR_GATEWAY_HOST, OPERATOR_MINIO_SECRET_KEY,
+                                                      OPERATOR_STORAGE_HOST)
 from mender_upgrade.sandbox.seed import artifact_files
 from mender_upgrade.sandbox.standin_catalogue import compose_images
 from mender_upgrade.tasks import service_health
@@ -78,10 +80,18 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
         assert "storage-proxy" in project_states(sb.client)
         with _GatewayProber() as prober:
             state, run_id, asked = run_flow(flow_settings(sb, "3.0.2", health_timeout_s=150),
-                                            answer=lambda d: (True, "ok"))
+                                            answer=lambda d: (True, "go ahead"))
         report = report_of(run_id)
         assert state.is_completed(), f"{state.message}\n{report}"
-        assert state.result()["hops"] == ["2.7.2", "3.0.2"]
+        result = state.result()
+        assert result["outcome"] == "completed" and result["hops"] == ["2.7.2", "3.0.2"]
+        # One approval for the whole plan, through the API, recorded with who and why; it showed
+        # both hops and what each changes in the operator's templates.
+        assert result["approvals"][0]["approver"] == "alice" and result["approvals"][0]["comment"] == "go ahead"
+        assert len(asked) == 1 and "2.6.4 → 2.7.2" in asked[0] and "2.7.2 → 3.0.2" in asked[0]
+        assert "Template drift" in asked[0]
+        assert all(part in report for part in ("**completed**", "sha256", "downtime", "alice"))
+        assert any(h["id"] == run_id and h["outcome"] == "completed" for h in history())
         repo = git.Repo(sb.integration)
         # The tool's markers are no tags: the release tag names what runs (the GUI's version).
         assert repo.git.describe("--tags", "--abbrev=0") == "3.0.2"
@@ -109,7 +119,10 @@ def test_real_files_upgrade_2_6_4_to_3_0_2_through_the_flow(prefect_api, real_up
             return lines or None
         checks = wait_for(storage_checks, 60, "the gate's storage smoke in the run's logs")
         assert len(checks) == 1 and all(ln.endswith(", ok") for ln in checks), checks
-        assert "**completed**" in report
+        # Every log line, artifact, stored parameter and event of the run is free of the secrets.
+        lines, recorded = everything_recorded(run_id)
+        assert lines > 5
+        assert sb.s3.secret_key not in recorded and OPERATOR_MINIO_SECRET_KEY not in recorded
         # One quiet period across the hops: from the end of the first hop's cycle until the last
         # hop's cycle began, the gateway never answered a user (the prober saw it serve before
         # and after, so it could have).
