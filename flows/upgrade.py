@@ -111,7 +111,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
     with timed(report, "preflight"):
         steps.preflight_task(settings, plan)
     mongo_url = steps.mongo_url_task(settings)
-    leftovers = _find_leftovers(report, plan, mongo_url)
+    leftovers = _find_leftovers(settings, report, plan, mongo_url)
     reviews = _review_and_dry_run(settings, report, plan)
     if settings.approval.require_approval:
         _approve(report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
@@ -151,14 +151,14 @@ def _require_window(settings: UpgradeSettings, run_start: datetime, quiet_s: flo
         raise RunEnded(Outcome.WINDOW_CLOSED, exc.message) from exc
 
 
-def _find_leftovers(report: RunReport, plan: UpgradePlan, mongo_url: str) -> Leftovers:
+def _find_leftovers(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, mongo_url: str) -> Leftovers:
     """What the deviceauth cleanup would delete (a dry run), and, before the storage-alias hop,
     a warning about devices whose client still needs the old storage address."""
     if plan.alias_patch:
-        old = steps.old_clients_task(mongo_url, report.host)
+        old = steps.old_clients_task(mongo_url, report.host, project=settings.compose_project)
         if old.old:
             report.warnings.append(f"{old.old} device(s) run a mender client older than 1.7.1")
-    return steps.find_leftovers_task(mongo_url, report.host)
+    return steps.find_leftovers_task(mongo_url, report.host, project=settings.compose_project)
 
 
 def _review_and_dry_run(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan) -> list[HopReview]:
@@ -255,7 +255,8 @@ def _cleanup(settings: UpgradeSettings, report: RunReport, mongo_url: str, undo:
     undo.cleanup = True  # set first: a cleanup cut short is undone too
     undo.note()
     with timed(report, "cleanup"), quiet.part("cleanup"):
-        report.cleanup = steps.cleanup_task(mongo_url, report.host, settings.backup, report.run_id).rows()
+        report.cleanup = steps.cleanup_task(mongo_url, report.host, settings.backup, report.run_id,
+                                            project=settings.compose_project).rows()
 
 
 def _hop(settings: UpgradeSettings, report: RunReport, undo: _Undo, quiet: _QuietClock, current: str,
@@ -442,7 +443,8 @@ class _Undo:
                 done.append(f"the writers stopped for the quiet period started again ({', '.join(self.writers)})")
             if self.cleanup:
                 restored = steps.undo_cleanup_task(steps.mongo_url_task(self.settings), self.report.host,
-                                                   self.settings.backup, self.report.run_id)
+                                                   self.settings.backup, self.report.run_id,
+                                                   project=self.settings.compose_project)
                 done.append(f"deviceauth cleanup undone ({sum(restored.restored.values())} documents back)"
                             if restored else "cleanup had deleted nothing")
         except Exception as exc:  # never hide the failure being undone behind the undo's own

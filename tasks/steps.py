@@ -8,18 +8,24 @@ steps are never cached. The logic lives in the step modules and is tested withou
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 from uuid import UUID
 
 import docker
+import docker.errors
+import requests
 from prefect import get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from pymongo import MongoClient
 
 from mender_upgrade.tasks import backup, cleanup, containers, mongo, mongo_upgrade, precopy, preflight, repository, rollback
 from mender_upgrade.tasks.errors import retry_on_transient, typed_outside_errors
+from mender_upgrade.tasks.mongo import MongoUnreachable
 from mender_upgrade.tasks.run_record import artifact_key
 from mender_upgrade.tasks.settings import BackupSettings, UpgradeSettings
 
@@ -42,6 +48,20 @@ def _docker(wait_s: float = 0) -> docker.DockerClient:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(1)
+
+
+@contextmanager
+def _deviceauth_db(mongo_url: str, project: str) -> Iterator[MongoClient]:
+    """mender-mongo for one task. A lost connection is retried (MONGO_RETRIES) unless
+    mender-mongo has stopped: waiting cannot bring it back, so that fails at once, saying so."""
+    try:
+        with cleanup.open_mongo(mongo_url) as client:
+            yield client
+    except MongoUnreachable:
+        # MongoNotRunning when it has stopped; an engine that cannot tell keeps the retryable error.
+        with suppress(docker.errors.DockerException, requests.RequestException, MongoUnreachable):
+            mongo.mongo_container(_docker(), project)
+        raise
 
 
 @task(name="plan-upgrade", **TRANSIENT)
@@ -240,10 +260,10 @@ def push_task(settings: UpgradeSettings, remote: str) -> list[str]:
 
 
 @task(name="find-decommissioned-leftovers", **MONGO_RETRIES)
-def find_leftovers_task(mongo_url: str, host: str, databases: list[str] | None = None,
+def find_leftovers_task(mongo_url: str, host: str, *, project: str, databases: list[str] | None = None,
                         tenants: list[str] | None = None) -> cleanup.Leftovers:
     logger = get_run_logger()
-    with cleanup.open_mongo(mongo_url) as client:
+    with _deviceauth_db(mongo_url, project) as client:
         leftovers = cleanup.find_decommissioned_leftovers(client, databases, tenants)
     logger.info(f"layout {leftovers.layout.value}: {leftovers.count} leftover document(s) "
                 f"in {len(leftovers.scopes)} tenant scope(s)")
@@ -253,12 +273,12 @@ def find_leftovers_task(mongo_url: str, host: str, databases: list[str] | None =
 
 
 @task(name="cleanup-deviceauth", **MONGO_RETRIES)
-def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str, databases: list[str] | None = None,
-                 tenants: list[str] | None = None) -> cleanup.CleanupReport:
+def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str, *, project: str,
+                 databases: list[str] | None = None, tenants: list[str] | None = None) -> cleanup.CleanupReport:
     """Saves the leftovers under the host's namespace `<target>/<host>/cleanup/<run_id>/`:
     another host's prune or clean-up never touches them."""
     logger = get_run_logger()
-    with cleanup.open_mongo(mongo_url) as client:
+    with _deviceauth_db(mongo_url, project) as client:
         report = cleanup.apply_cleanup(client, backup.open_store(host), run_id, databases, tenants, log=logger.info)
     saved = f"saved to {report.receipt.target}/{report.receipt.key}, sha256 {report.receipt.sha256}" \
         if report.receipt else "nothing to save"
@@ -268,8 +288,9 @@ def cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str,
 
 
 @task(name="undo-deviceauth-cleanup", **MONGO_RETRIES)
-def undo_cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str) -> cleanup.RestoreReport | None:
-    with cleanup.open_mongo(mongo_url) as client:
+def undo_cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id: str, *,
+                      project: str) -> cleanup.RestoreReport | None:
+    with _deviceauth_db(mongo_url, project) as client:
         report = cleanup.undo_cleanup(client, backup.open_store(host), run_id)
     if report:
         get_run_logger().warning(f"cleanup undone: restored {report.restored}, already there {report.already_present}")
@@ -277,9 +298,10 @@ def undo_cleanup_task(mongo_url: str, host: str, backup: BackupSettings, run_id:
 
 
 @task(name="count-old-mender-clients", **MONGO_RETRIES)
-def old_clients_task(mongo_url: str, host: str, below: str = cleanup.OLD_CLIENT_BELOW) -> cleanup.OldClients:
+def old_clients_task(mongo_url: str, host: str, *, project: str,
+                     below: str = cleanup.OLD_CLIENT_BELOW) -> cleanup.OldClients:
     logger = get_run_logger()
-    with cleanup.open_mongo(mongo_url) as client:
+    with _deviceauth_db(mongo_url, project) as client:
         result = cleanup.count_old_clients(client, below)
     if result.old:
         message = (f"{result.old} of {result.total} device(s) report a mender client older than {below} "

@@ -93,6 +93,7 @@ def _until_next_bullet(lines: list[str]) -> list[str]:
 @dataclass
 class FaultRecord:
     did: str = ""
+    run_id: str = ""  # the flow run the fault hit, when the test ran one
 
 
 @pytest.fixture
