@@ -63,7 +63,7 @@ def _tool_container(client: docker.DockerClient, image: str, volume: str, argv: 
                                    "the old version keeps running")
         yield container
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # with it the anonymous volumes of the image's VOLUMEs (mongo: 2)
 
 
 def _one_file_tar(name: str, data: bytes) -> bytes:

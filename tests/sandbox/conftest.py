@@ -52,3 +52,10 @@ def started_at(sandbox) -> dict[str, str]:
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def anonymous_dangling_volumes(client) -> set[str]:
+    """Volumes no container uses whose name Docker made up (64 hex digits): what a helper
+    container removed without `v` leaves of its image's VOLUMEs."""
+    return {v.name for v in client.volumes.list(filters={"dangling": True})
+            if len(v.name) == 64 and all(ch in "0123456789abcdef" for ch in v.name)}

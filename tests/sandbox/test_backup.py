@@ -17,7 +17,7 @@ from mender_upgrade.tasks.restore import restore_backup, restore_drill
 from mender_upgrade.tasks.settings import BackupSettings
 from mender_upgrade.tasks.store import BucketNotImmutable
 from mender_upgrade.sandbox.s3 import S3_PORT
-from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot, started_at
+from tests.sandbox.conftest import anonymous_dangling_volumes, artifact_snapshot, mongo_snapshot, started_at
 from tests.sandbox.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.sandbox
@@ -95,13 +95,6 @@ def test_drill_restores_elsewhere_and_leaves_production_untouched(sandbox, s3_se
     assert started_at(sandbox) == before_start
     assert sandbox.client.containers.list(all=True, filters={"label": "org.mender-upgrade.drill"}) == []
     assert [v for v in sandbox.client.volumes.list() if v.name.startswith("mender-upgrade-drill-")] == []
-
-
-def anonymous_dangling_volumes(client) -> set[str]:
-    """Volumes no container uses whose name Docker made up (64 hex digits): what a helper
-    container removed without `v` leaves of its image's VOLUMEs."""
-    return {v.name for v in client.volumes.list(filters={"dangling": True})
-            if len(v.name) == 64 and all(ch in "0123456789abcdef" for ch in v.name)}
 
 
 def test_volume_helpers_leave_no_anonymous_volumes(sandbox, s3_settings):

@@ -10,7 +10,7 @@ from mender_upgrade.tasks.backup import VOLUME, VOLUME_DELTA, read_manifest
 from mender_upgrade.tasks.containers import project_states
 from mender_upgrade.tasks.precopy import finish_backup, pre_copy
 from mender_upgrade.tasks.restore import restore_backup, restore_drill
-from tests.sandbox.conftest import artifact_snapshot, mongo_snapshot
+from tests.sandbox.conftest import anonymous_dangling_volumes, artifact_snapshot, mongo_snapshot
 
 pytestmark = pytest.mark.sandbox
 
@@ -27,6 +27,7 @@ def _sh(container, script: str) -> None:
 def test_precopy_then_delta_restores_the_state_of_the_quiet_period(sandbox, s3_settings):
     stack.mark_dirty(sandbox)
     store = s3_settings.open_store("sandbox-host")
+    anonymous_before = anonymous_dangling_volumes(sandbox.client)
     minio = _minio(sandbox)
     _sh(minio, "mkdir -p /export/old-dir/deep && echo a > /export/old-dir/deep/f && echo same > /export/same-size "
                "&& echo file > /export/becomes-dir")
@@ -67,3 +68,6 @@ def test_precopy_then_delta_restores_the_state_of_the_quiet_period(sandbox, s3_s
     with sandbox.mongo() as m:
         assert mongo_snapshot(m) == at_quiet
     assert artifact_snapshot(sandbox) == files_at_quiet
+    # The pre-copy's `find`/`tar` helpers run the mongo image (its VOLUMEs: /data/db, and the real
+    # images /data/configdb too): each took its anonymous volumes with it.
+    assert anonymous_dangling_volumes(sandbox.client) - anonymous_before == set()
