@@ -202,7 +202,7 @@ def test_failing_mongodump_leaves_no_complete_object(sandbox, s3_settings):
             dump_mongo_to_store(dead.id, store, "x/mongo.archive.gz")
         assert "exited" in str(err.value)
     finally:
-        dead.remove(force=True)
+        dead.remove(force=True, v=True)  # and the anonymous volume of its VOLUME /data/db
     assert store.list_keys("") == []
     assert store.pending_uploads() == []
 
