@@ -26,7 +26,7 @@ class RollbackFailed(UpgradeError):
 @dataclass
 class RollbackReport:
     reset_to: str
-    failed_tag: str
+    failed_marker: str
     backup_id: str
     services: list[str]
 
@@ -40,7 +40,7 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
     pre_upgrade_ref = repository.marker_ref(pre_upgrade_marker)
     try:
         wait_for_engine(client)  # the failure may have been the engine itself restarting
-        failed_tag = mark_failed_attempt(integration, pre_upgrade_marker)
+        failed_marker = mark_failed_attempt(integration, pre_upgrade_marker)
         log(f"checking backup {manifest.backup_id} before stopping the new version")
         with pinned_objects(store, manifest) as pins:  # a backup that cannot be restored stops us here
             log("stopping the new version")
@@ -62,7 +62,7 @@ def roll_back(client: docker.DockerClient, integration: Path, store: BackupStore
         raise RollbackFailed(f"rollback to {pre_upgrade_ref} failed: {exc}",
                              f"restore by hand: `git reset --hard {pre_upgrade_ref}`, `./run up -d`, then "
                              f"`mender-upgrade restore --manifest {store.uri}/{manifest.key}`") from exc
-    return RollbackReport(pre_upgrade_marker, failed_tag, manifest.backup_id, services)
+    return RollbackReport(pre_upgrade_marker, failed_marker, manifest.backup_id, services)
 
 
 def mark_failed_attempt(integration: Path, pre_upgrade_marker: str) -> str:
@@ -71,12 +71,12 @@ def mark_failed_attempt(integration: Path, pre_upgrade_marker: str) -> str:
     same rollback (cut short: its process was killed, the guardian rolls back again) is kept:
     it marks the failed attempt, HEAD may already be the old commit."""
     repo = git.Repo(integration)
-    failed_tag = repository.FAILED_PREFIX + pre_upgrade_marker.split("/", 1)[-1]
-    if failed_tag in repository.markers(repo, repository.FAILED_PREFIX):
-        return failed_tag
-    repository.create_marker(repo, failed_tag, repo.head.commit.hexsha,
+    failed_marker = repository.FAILED_PREFIX + pre_upgrade_marker.split("/", 1)[-1]
+    if failed_marker in repository.markers(repo, repository.FAILED_PREFIX):
+        return failed_marker
+    repository.create_marker(repo, failed_marker, repo.head.commit.hexsha,
                              "Failed upgrade attempt kept for diagnosis (mender-upgrade)")
-    return failed_tag
+    return failed_marker
 
 
 def reset_branch(integration: Path, tag: str) -> None:
