@@ -12,17 +12,21 @@ before it stays taken for good. `release_stale_lock` is the operator's way out.
 from __future__ import annotations
 
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 from prefect.states import Crashed
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -31,6 +35,7 @@ from mender_upgrade.tasks.run_record import FLOW_NAME
 
 LEASE_SECONDS = 60
 REPOSSESSOR_LOOP_SECONDS = 15  # the server's default `server.services.repossessor.loop_seconds`
+POLL_S = 0.5  # how often a waiting run looks at a held lock
 
 
 class UpgradeAlreadyRunning(UpgradeError):
@@ -60,23 +65,64 @@ def _ensure_lock(client: SyncPrefectClient, name: str) -> None:
             pass
 
 
+def _slot_free(client: SyncPrefectClient, name: str) -> bool:
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:  # `unlock` deletes and creates it anew: this is the moment between
+        _ensure_lock(client, name)
+        return True
+    return limit.active_slots < limit.limit
+
+
+def _refused_as_held(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """The server answered 423 Locked: someone took the slot between our look and our request."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
 @contextmanager
 def host_lock(host: str, wait_s: float) -> Iterator[str]:
+    """Hold `host`'s lock for the block; wait up to `wait_s` for a holder to let go.
+
+    `wait_s` bounds the wait for a *held* lock, never one request: each try is a single request
+    left to finish however slow the API is. A client timeout would cancel a request the server
+    may still grant (a slot taken by a lease nobody holds), and a slow answer would be reported
+    as "another upgrade is running" when nothing is (both seen on a loaded test server)."""
     name = lock_name(host)
     ensure_lock(name)
-    try:
-        # A failed lease renewal (the server restarted and forgot its leases: 410 Gone) must not
-        # cancel an upgrade halfway, e.g. mid container cycle, where only an UpgradeError rolls
-        # back; strict=True alone would. The slot itself stays taken in the database meanwhile.
-        with concurrency(name, occupy=1, timeout_seconds=max(wait_s, 0.1), strict=True,
-                         lease_duration=LEASE_SECONDS, raise_on_lease_renewal_failure=False):
-            yield name
-    except TimeoutError as exc:
-        raise UpgradeAlreadyRunning(f"another upgrade of {host} is running (lock {name!r} held)",
-                                    "wait for it to finish, or see `mender-upgrade history`; a crashed run's "
-                                    f"lock frees itself about {LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS} s after "
-                                    "the crash unless the Prefect server restarted since it was taken; then: "
-                                    f"`mender-upgrade unlock {host}`") from exc
+    deadline = time.monotonic() + wait_s
+    while True:
+        with get_client(sync_client=True) as client:
+            free = _slot_free(client, name)
+        if free:
+            entered = False
+            try:
+                # A failed lease renewal (the server restarted and forgot its leases: 410 Gone) must
+                # not cancel an upgrade halfway, e.g. mid container cycle, where only an UpgradeError
+                # rolls back; strict=True alone would. The slot stays taken in the database meanwhile.
+                with concurrency(name, occupy=1, max_retries=0, strict=True, lease_duration=LEASE_SECONDS,
+                                 raise_on_lease_renewal_failure=False):
+                    entered = True
+                    yield name
+                return
+            except ConcurrencySlotAcquisitionError as exc:
+                if entered or not _refused_as_held(exc):
+                    raise
+        if time.monotonic() >= deadline:
+            raise UpgradeAlreadyRunning(
+                f"another upgrade of {host} is running (lock {name!r} held){_holders(host)}",
+                "wait for it to finish, or see `mender-upgrade history`; a crashed run's lock frees itself about "
+                f"{LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS} s after the crash unless the Prefect server restarted "
+                f"since it was taken; then: `mender-upgrade unlock {host}`")
+        time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+
+
+def _holders(host: str) -> str:
+    """The other live upgrade runs that may hold `host`'s lock, for the refusal."""
+    with get_client(sync_client=True) as client:
+        others = [run for run in live_runs(client, host) if run.id != str(flow_run.id or "")]
+    return "; it may be held by " + ", ".join(run.describe() for run in others) if others else \
+        "; no other RUNNING or PAUSED upgrade run may hold it: its holder died, or is no upgrade run"
 
 
 @dataclass(frozen=True)

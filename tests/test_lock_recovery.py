@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import sys
 import uuid
 from pathlib import Path
@@ -139,3 +140,28 @@ def test_a_holder_forced_out_that_finishes_later_does_not_free_the_next_runs_slo
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_a_slow_api_is_not_taken_for_a_held_lock(prefect_api) -> None:
+    """The server grants a free lock's slot 3 s after the request, the run waits at most 1 s for
+    a held lock: the run gets the lock (it was free), and no slot stays taken after it."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import temporary_settings
+
+    from tests.sandbox.faultproxy import FaultProxy
+
+    host = new_host()
+    api = urlsplit(PREFECT_API_URL.value())
+    proxy = FaultProxy(api.port, on_request=([b"/increment-with-lease"], lambda: time.sleep(3)))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"{proxy.url}{api.path}"}):
+            started = time.monotonic()
+            with host_lock(host, wait_s=1):
+                took = time.monotonic() - started
+                assert lock_status(host).active_slots == 1
+        assert proxy.on_request is None, "the lock request never went through the slow proxy"
+        assert took >= 3, took
+    finally:
+        proxy.close()
+    assert lock_status(host).active_slots == 0

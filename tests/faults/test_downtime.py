@@ -17,7 +17,10 @@ import docker
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from typer.testing import CliRunner
 
 from mender_upgrade.flows.cli import app
@@ -133,6 +136,17 @@ def test_release_that_runs_but_does_not_serve_is_rolled_back(prefect_api, sandbo
     assert artifact_snapshot(sandbox) == artifacts  # every artifact file, mode and owner restored too
 
 
+def _runs_of(host_id: str, state_type: str) -> list[FlowRun]:
+    """`host_id`'s upgrade runs in that state, newest first (the server's default order is by
+    random id)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(state_type)]))),
+            sort=FlowRunSort.START_TIME_DESC)
+    return [r for r in runs if (r.parameters.get("settings") or {}).get("host_id") == host_id]
+
+
 @pytest.mark.fault(case="flow killed with SIGKILL mid-backup, then started again",
                    injected="`mender-upgrade run` SIGKILLed as its database dump upload starts (quiet period: "
                             "writers stopped, lock held)")
@@ -163,19 +177,19 @@ def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path
     state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
     held = report_of(run_id)
     assert state.is_failed() and "another upgrade of" in held and "mender-upgrade unlock" in held
+    dead_run = _runs_of(settings.host_id, "RUNNING")[0]  # killed: it stays RUNNING
+    assert f"it may be held by {dead_run.name} ({dead_run.id}, Running" in held, held
     result = CliRunner().invoke(app, ["unlock", settings.host_id, "--force"])
     assert result.exit_code == 0 and "freed" in result.output, result.output
     state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
     report = report_of(run_id)
     assert state.is_completed(), state.message
-    fault.did = ("the dead run holds the lock: the new run refuses and names `mender-upgrade unlock`; after "
+    fault.did = ("the dead run holds the lock: the new run refuses, names the dead run and `mender-upgrade unlock`; after "
                  "`unlock --force` the dead run shows Crashed, the new run clears its leftovers and completes")
     store = direct.backup_store()
     assert store.pending_uploads() == []
-    with get_client(sync_client=True) as client:
-        dead = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
-                if r.state and r.state.type.value == "CRASHED" and (r.parameters["settings"]["host_id"] == settings.host_id)]
-    assert dead and "unlock --force" in dead[0].state.message
+    crashed = {r.id: r for r in _runs_of(settings.host_id, "CRASHED")}
+    assert "unlock --force" in crashed[dead_run.id].state.message
     assert_invariants(sandbox, before, direct.backup_store(), report, ["**completed**"], new_version="2.7.2")
 
 
@@ -222,10 +236,7 @@ def test_kill_mid_cycle_rolls_back_by_the_guardian(prefect_api, sandbox, fault, 
             os.killpg(run.pid, signal.SIGKILL)
     watcher.join(timeout=5)
     assert sent.is_set(), "the run was never killed mid-cycle"
-    with get_client(sync_client=True) as client:
-        runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upgrade-mender"])))
-                if r.parameters["settings"].get("host_id") == settings.host_id]  # served runs carry none
-    run_id = str(runs[0].id)
+    run_id = str(_runs_of(settings.host_id, "RUNNING")[0].id)  # killed: it stays RUNNING
     deadline = time.monotonic() + 600
     while "**rolled back**" not in (report := _report_if_any(run_id)) and time.monotonic() < deadline:
         time.sleep(1)
