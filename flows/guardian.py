@@ -30,12 +30,25 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 from mender_upgrade.flows.approvals import Decision
+from mender_upgrade.flows.lease import LeaseKeeper
 from mender_upgrade.flows.report import RunReport, describe, report_key
 from mender_upgrade.tasks.run_record import Outcome
 from mender_upgrade.tasks.settings import UpgradeSettings, load_settings
 
 CANCELLED = "the run was cancelled (or its process told to stop)"
 KILLED = "the run's process ended during the quiet period without finishing it (killed)"
+
+
+def _api_settings() -> dict:
+    """This run's Prefect API, which may exist only as temporary settings (the CLI's local server)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+    return {"url": PREFECT_API_URL.value(), "auth_string": PREFECT_API_AUTH_STRING.value(), "key": PREFECT_API_KEY.value()}
+
+
+def _on_this_api(api: dict):
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
+    settings = {PREFECT_API_URL: api.get("url"), PREFECT_API_AUTH_STRING: api.get("auth_string"), PREFECT_API_KEY: api.get("key")}
+    return temporary_settings(updates={setting: value for setting, value in settings.items() if value})
 
 
 def _secret_settings(settings: UpgradeSettings) -> dict:
@@ -48,12 +61,13 @@ def _secret_settings(settings: UpgradeSettings) -> dict:
 class QuietGuard:
     """The run's side: start the guardian, tell it each change, release or hand over."""
 
-    def __init__(self, settings: UpgradeSettings, report: RunReport, current: str) -> None:
-        self.report = report
+    def __init__(self, settings: UpgradeSettings, report: RunReport, current: str, lease: LeaseKeeper | None) -> None:
+        self.report, self.lease = report, lease
         self.proc = subprocess.Popen([sys.executable, "-m", "mender_upgrade.flows.guardian"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.state: dict = {"current": current}
-        self._send({"settings": _secret_settings(settings), "state": self.state, "report": report.to_dict()})
+        self._send({"settings": _secret_settings(settings), "api": _api_settings(), "state": self.state,
+                    "report": report.to_dict(), "lease_id": str(lease.lease_id) if lease else None})
 
     @property
     def pid(self) -> int:
@@ -89,6 +103,8 @@ class QuietGuard:
             "starts the stopped services of the old version again and undoes this run's changes"
         self._send({"recover": CANCELLED, "report": self.report.to_dict()})
         self.proc.stdin.close()
+        if self.lease is not None:  # the guardian renews it while it works, and frees it after
+            self.lease.handed_over = True
         return (f"{CANCELLED} during the quiet period; the guardian process (pid {self.pid}, outside the run's "
                 f"process group) {what}, then publishes this report again with the result")
 
@@ -130,10 +146,13 @@ def recover(settings: UpgradeSettings, state: dict, report: RunReport, why: str)
     report.reason = undo.run(f"{why}; the guardian undid it")
 
 
-def publish_for_run(report: RunReport) -> None:
-    """The run's report artifact, published from outside the run (its process has ended)."""
+def publish_for_run(report: RunReport, killed: bool) -> None:
+    """The run's report artifact, published from outside the run (its process has ended). A killed
+    run would stay RUNNING in the history: it is marked Crashed with the guardian's outcome (a
+    cancelled run ended Cancelled itself)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate, LogCreate
+    from prefect.states import Crashed
 
     with get_client(sync_client=True) as client:
         client.create_artifact(ArtifactCreate(key=report_key(report.host), type="markdown", data=report.to_markdown(),
@@ -141,17 +160,22 @@ def publish_for_run(report: RunReport) -> None:
         client.create_logs([LogCreate(name="mender-upgrade.guardian", level=20, timestamp=datetime.now(timezone.utc),
                                       flow_run_id=UUID(report.run_id),
                                       message=f"guardian: outcome: {report.outcome} {report.reason}")])
+        if killed:
+            client.set_flow_run_state(UUID(report.run_id), Crashed(message=f"guardian: {report.outcome}: {report.reason}"),
+                                      force=True)
 
 
 def main() -> int:
     state: dict = {}  # the run's last `state` message (QuietGuard.state)
-    settings, report, why = None, None, KILLED
+    settings, report, why, lease_id = None, None, KILLED, None
+    api: dict = {}
     for line in sys.stdin.buffer:
         message = json.loads(line)
         if message.get("done"):
             return 0
         if "settings" in message:
             settings = load_settings(message["settings"])
+            api, lease_id = message.get("api") or {}, message.get("lease_id")
         state = message.get("state", state)
         report = _report(message["report"]) if "report" in message else report
         if "recover" in message:
@@ -159,10 +183,14 @@ def main() -> int:
             break
     if settings is None or report is None:
         return 0  # ended before the writers stopped: nothing changed yet
-    try:
-        recover(settings, state, report, why)
-    finally:
-        publish_for_run(report)
+    with _on_this_api(api):
+        lease = LeaseKeeper(UUID(lease_id)) if lease_id else None  # the host stays locked while we work
+        try:
+            recover(settings, state, report, why)
+        finally:
+            publish_for_run(report, killed=why == KILLED)
+            if lease is not None:
+                lease.end()
     return 0
 
 

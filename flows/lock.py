@@ -6,7 +6,9 @@ can, and the server frees a crashed holder's slot when its lease expires.)
 
 The lease only frees a slot where the server's repossessor service runs (not in the ephemeral
 or test server), and the server keeps leases in memory: after a server restart a slot taken
-before it stays taken for good. `release_stale_lock` is the operator's way out.
+before it stays taken for good. `release_stale_lock` is the operator's way out. A run killed
+in its quiet period hands its lease to its guardian, which frees it once the server is back
+(flows/lease.py).
 """
 
 from __future__ import annotations
@@ -24,16 +26,14 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState,
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from mender_upgrade.flows.lease import LEASE_SECONDS, LeaseKeeper
 from mender_upgrade.tasks.errors import UpgradeError
 from mender_upgrade.tasks.run_record import FLOW_NAME
 
-LEASE_SECONDS = 60
 REPOSSESSOR_LOOP_SECONDS = 15  # the server's default `server.services.repossessor.loop_seconds`
 POLL_S = 0.5  # how often a waiting run looks at a held lock
 
@@ -65,24 +65,26 @@ def _ensure_lock(client: SyncPrefectClient, name: str) -> None:
             pass
 
 
-def _slot_free(client: SyncPrefectClient, name: str) -> bool:
+def _take_slot(client: SyncPrefectClient, name: str) -> UUID | None:
+    """One request for the slot: its lease id, or None when it is held (423 Locked)."""
     try:
-        limit = client.read_global_concurrency_limit_by_name(name)
-    except ObjectNotFound:  # `unlock` deletes and creates it anew: this is the moment between
+        response = client.increment_concurrency_slots_with_lease([name], 1, "concurrency", LEASE_SECONDS)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:
+            return None
+        raise
+    granted = response.json()
+    if not granted.get("limits"):  # `unlock` deletes and creates it anew: this was the moment between
         _ensure_lock(client, name)
-        return True
-    return limit.active_slots < limit.limit
-
-
-def _refused_as_held(exc: ConcurrencySlotAcquisitionError) -> bool:
-    """The server answered 423 Locked: someone took the slot between our look and our request."""
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+        return _take_slot(client, name)
+    return UUID(granted["lease_id"])
 
 
 @contextmanager
-def host_lock(host: str, wait_s: float) -> Iterator[str]:
-    """Hold `host`'s lock for the block; wait up to `wait_s` for a holder to let go.
+def host_lock(host: str, wait_s: float) -> Iterator[LeaseKeeper]:
+    """Hold `host`'s lock for the block; wait up to `wait_s` for a holder to let go. Yields the
+    lease's keeper: the quiet period's guardian takes the lease over when this process cannot
+    finish (`LeaseKeeper.handed_over`).
 
     `wait_s` bounds the wait for a *held* lock, never one request: each try is a single request
     left to finish however slow the API is. A client timeout would cancel a request the server
@@ -91,36 +93,28 @@ def host_lock(host: str, wait_s: float) -> Iterator[str]:
     name = lock_name(host)
     ensure_lock(name)
     deadline = time.monotonic() + wait_s
-    while True:
-        with get_client(sync_client=True) as client:
-            free = _slot_free(client, name)
-        if free:
-            entered = False
-            try:
-                # A failed lease renewal (the server restarted and forgot its leases: 410 Gone) must
-                # not cancel an upgrade halfway, e.g. mid container cycle, where only an UpgradeError
-                # rolls back; strict=True alone would. The slot stays taken in the database meanwhile.
-                with concurrency(name, occupy=1, max_retries=0, strict=True, lease_duration=LEASE_SECONDS,
-                                 raise_on_lease_renewal_failure=False):
-                    entered = True
-                    yield name
-                return
-            except ConcurrencySlotAcquisitionError as exc:
-                if entered or not _refused_as_held(exc):
-                    raise
-        if time.monotonic() >= deadline:
-            raise UpgradeAlreadyRunning(
-                f"another upgrade of {host} is running (lock {name!r} held){_holders(host)}",
-                "wait for it to finish, or see `mender-upgrade history`; a crashed run's lock frees itself about "
-                f"{LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS} s after the crash unless the Prefect server restarted "
-                f"since it was taken; then: `mender-upgrade unlock {host}`")
-        time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
-
-
-def _holders(host: str) -> str:
-    """The other live upgrade runs that may hold `host`'s lock, for the refusal."""
     with get_client(sync_client=True) as client:
-        others = [run for run in live_runs(client, host) if run.id != str(flow_run.id or "")]
+        while (lease_id := _take_slot(client, name)) is None:
+            if time.monotonic() >= deadline:
+                raise UpgradeAlreadyRunning(
+                    f"another upgrade of {host} is running (lock {name!r} held){_holders(client, host)}",
+                    "wait for it to finish (a run killed mid-upgrade: its guardian frees the lock once the server "
+                    "is back), or see `mender-upgrade history`; a lock whose holder died frees itself about "
+                    f"{LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS} s later unless the Prefect server restarted since it "
+                    f"was taken; then: `mender-upgrade unlock {host}`")
+            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+    keeper = LeaseKeeper(lease_id)
+    try:
+        yield keeper
+    finally:
+        # A failed renewal never ends the run (mid container cycle only an UpgradeError rolls back);
+        # the slot stays taken in the database meanwhile.
+        keeper.end()
+
+
+def _holders(client: SyncPrefectClient, host: str) -> str:
+    """The other live upgrade runs that may hold `host`'s lock, for the refusal."""
+    others = [run for run in live_runs(client, host) if run.id != str(flow_run.id or "")]
     return "; it may be held by " + ", ".join(run.describe() for run in others) if others else \
         "; no other RUNNING or PAUSED upgrade run may hold it: its holder died, or is no upgrade run"
 

@@ -33,6 +33,7 @@ from mender_upgrade.deployments.notifications import emit_rolled_back
 from mender_upgrade.flows.approvals import Binding, ask_approval
 from mender_upgrade.flows.guardian import QuietGuard
 from mender_upgrade.flows.host_guard import allowed_settings
+from mender_upgrade.flows.lease import LeaseKeeper
 from mender_upgrade.flows.lock import host_lock
 from mender_upgrade.flows.report import RunReport, name_at_start, previous_unavailability, publish, rename_run
 from mender_upgrade.tasks import steps
@@ -70,8 +71,8 @@ def upgrade_mender(settings: UpgradeSettings = UpgradeSettings(), poll_interval_
     report = RunReport(host=settings.host(), run_id=str(flow_run.id or "local"))
     try:
         settings = _host_settings(settings, report)
-        with host_lock(report.host, settings.lock_wait_s):
-            end = RunEnded(Outcome.COMPLETED, _upgrade(settings, report, poll_interval_s))
+        with host_lock(report.host, settings.lock_wait_s) as lease:
+            end = RunEnded(Outcome.COMPLETED, _upgrade(settings, report, poll_interval_s, lease))
     except RunEnded as ended:
         end = ended
     except BaseException as exc:  # nobody judged it (a library error, a cancellation): it ends the run as it is
@@ -97,7 +98,7 @@ def _host_settings(settings: UpgradeSettings, report: RunReport) -> UpgradeSetti
     return effective
 
 
-def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
+def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int, lease: LeaseKeeper) -> str:
     """The procedure, while the server serves: plan, staging proof, window, preflight, what the
     cleanup would delete, review and dry run of every hop (images pulled), the plan's approval;
     then the change in one quiet period. Returns why the run completed ("" when it upgraded);
@@ -116,7 +117,7 @@ def _upgrade(settings: UpgradeSettings, report: RunReport, poll: int) -> str:
     if settings.approval.require_approval:
         _approve(report, "plan", approval_description(report, plan, reviews, leftovers.by_namespace(), settings),
                  settings, poll, run_start)
-    return _change(settings, report, plan, mongo_url, leftovers.count, poll, run_start)
+    return _change(settings, report, plan, mongo_url, leftovers.count, poll, run_start, lease)
 
 
 def _plan(settings: UpgradeSettings, report: RunReport) -> UpgradePlan:
@@ -178,7 +179,7 @@ def _review_and_dry_run(settings: UpgradeSettings, report: RunReport, plan: Upgr
 
 
 def _change(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, mongo_url: str, leftover_count: int,
-            poll: int, run_start: datetime) -> str:
+            poll: int, run_start: datetime, lease: LeaseKeeper) -> str:
     """The destructive part, in one quiet period. Before it, while the server serves: the
     downtime approval and a hot pre-copy of every volume. The quiet period runs from the first
     writer stop until the new version is healthy: dump and volume deltas (the backup), cleanup,
@@ -192,7 +193,7 @@ def _change(settings: UpgradeSettings, report: RunReport, plan: UpgradePlan, mon
     quiet = _QuietClock(report)
     current = plan.current
     report.downtime_s = 0.0
-    guard = undo.guard = QuietGuard(settings, report, plan.current)  # puts the server back if this process cannot
+    guard = undo.guard = QuietGuard(settings, report, plan.current, lease)  # puts the server back if this process cannot
     try:
         quiet.start()
         undo.writers = steps.stop_writers_task(settings)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from uuid import UUID
 
 import git
 import docker
@@ -21,9 +22,8 @@ from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunF
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from typer.testing import CliRunner
 
-from mender_upgrade.flows.cli import app
+from mender_upgrade.flows.lock import lock_status
 from mender_upgrade.sandbox import engine, stack
 from mender_upgrade.sandbox.releases import BROKEN_VERSION
 from mender_upgrade.sandbox.s3 import S3_PORT
@@ -157,7 +157,7 @@ def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path
     killed: list[subprocess.Popen] = []
     proxy = FaultProxy(S3_PORT, on_request=([b"?uploads", b"/mongo.archive.gz"],
                                             lambda: os.killpg(killed[0].pid, signal.SIGKILL)))
-    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False, lock_wait_s=2, backup={"endpoint_url": proxy.url})
+    settings = flow_settings(sandbox, "2.7.2", cleanup_apply=False, backup={"endpoint_url": proxy.url})
     data = settings.model_dump(mode="json")
     data["backup"]["secret_access_key"] = sandbox.s3.secret_key
     config = tmp_path / "upgrade.yaml"
@@ -171,25 +171,18 @@ def test_sigkill_mid_backup_then_run_again(prefect_api, sandbox, fault, tmp_path
     finally:
         proxy.close()
     assert proxy.on_request is None, "the run was not killed mid-backup"
-    direct = load_settings(data | {"backup": data["backup"] | {"endpoint_url": sandbox.s3.url}})
-
-    # Started again: the dead run still holds the host's lock, and the refusal says how to free it.
-    state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
-    held = report_of(run_id)
-    assert state.is_failed() and "another upgrade of" in held and "mender-upgrade unlock" in held
-    dead_run = _runs_of(settings.host_id, "RUNNING")[0]  # killed: it stays RUNNING
-    assert f"it may be held by {dead_run.name} ({dead_run.id}, Running" in held, held
-    result = CliRunner().invoke(app, ["unlock", settings.host_id, "--force"])
-    assert result.exit_code == 0 and "freed" in result.output, result.output
+    # Started again at once: it waits while the dead run's guardian puts the server back and holds
+    # the lock, then gets it without `unlock`.
+    direct = load_settings(data | {"backup": data["backup"] | {"endpoint_url": sandbox.s3.url}, "lock_wait_s": 300})
     state, run_id, _ = run_flow(direct, answer=lambda d: (True, "again"))
     report = report_of(run_id)
     assert state.is_completed(), state.message
-    fault.did = ("the dead run holds the lock: the new run refuses, names the dead run and `mender-upgrade unlock`; after "
-                 "`unlock --force` the dead run shows Crashed, the new run clears its leftovers and completes")
-    store = direct.backup_store()
-    assert store.pending_uploads() == []
-    crashed = {r.id: r for r in _runs_of(settings.host_id, "CRASHED")}
-    assert "unlock --force" in crashed[dead_run.id].state.message
+    fault.did = ("the guardian started the writers again, marked the dead run Crashed and freed the lock; the run "
+                 "started right after waited for the lock, cleared the dead run's leftovers and completed")
+    [dead] = [r for r in _runs_of(settings.host_id, "CRASHED") if str(r.id) != run_id]
+    assert "guardian" in dead.state.message and "killed" in dead.state.message, dead.state.message
+    assert "the guardian undid it" in report_of(str(dead.id))
+    assert direct.backup_store().pending_uploads() == []
     assert_invariants(sandbox, before, direct.backup_store(), report, ["**completed**"], new_version="2.7.2")
 
 
@@ -241,6 +234,10 @@ def test_kill_mid_cycle_rolls_back_by_the_guardian(prefect_api, sandbox, fault, 
     while "**rolled back**" not in (report := _report_if_any(run_id)) and time.monotonic() < deadline:
         time.sleep(1)
     fault.did = why_of(report)
+    while lock_status(settings.host_id).held and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not lock_status(settings.host_id).held, "the guardian did not free the host lock"
+    assert _runs_of(settings.host_id, "CRASHED")[0].id == UUID(run_id)  # not left RUNNING in the history
     assert_invariants(sandbox, before, run_backups(sandbox, settings), report,
                       ["**rolled back**", "killed", "guardian rolled back", "back on 2.6.4"], run=settings)
 

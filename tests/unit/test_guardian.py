@@ -28,7 +28,7 @@ def _settings(tmp_path: Path):
 
 
 def test_guardian_lives_outside_the_run_and_ends_when_released(tmp_path):
-    guard = QuietGuard(_settings(tmp_path), RunReport(host="guarded", run_id="local"), "2.6.4")
+    guard = QuietGuard(_settings(tmp_path), RunReport(host="guarded", run_id="local"), "2.6.4", None)
     try:
         # Its own session: neither a signal to the run's process group nor the run's death reaches it.
         assert os.getsid(guard.pid) == guard.pid != os.getsid(0)
