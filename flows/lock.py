@@ -50,11 +50,6 @@ def lock_name(host: str) -> str:
     return "mender-upgrade-" + re.sub(r"[^a-z0-9-]", "-", host.lower())
 
 
-def ensure_lock(name: str) -> None:
-    with get_client(sync_client=True) as client:
-        _ensure_lock(client, name)
-
-
 def _ensure_lock(client: SyncPrefectClient, name: str) -> None:
     try:
         client.read_global_concurrency_limit_by_name(name)
@@ -91,9 +86,9 @@ def host_lock(host: str, wait_s: float) -> Iterator[LeaseKeeper]:
     may still grant (a slot taken by a lease nobody holds), and a slow answer would be reported
     as "another upgrade is running" when nothing is (both seen on a loaded test server)."""
     name = lock_name(host)
-    ensure_lock(name)
     deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
+        _ensure_lock(client, name)
         while (lease_id := _take_slot(client, name)) is None:
             if time.monotonic() >= deadline:
                 raise UpgradeAlreadyRunning(
